@@ -1,0 +1,558 @@
+"""The optimizers: one definition each, with the update rule and defaults of `torch.optim`.
+
+An optimizer is a small object holding its hyperparameters. It never holds state: `init(p)`
+returns the state for one parameter array and `update(p, g, state)` changes `p` (and the state)
+in place. `p` may be a batch of 2-D points, a layer of an MLP or a flat buffer of all of them,
+on NumPy or CuPy: every rule here is elementwise and takes `xp` from its data.
+
+The arithmetic follows torch's single-tensor code path operation by operation (`lerp` where
+torch uses `lerp_`, `addcdiv` as `(value * a) / b`), so float64 trajectories agree with
+`torch.optim` to the last few ulps rather than merely to a tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+
+from optbench.backend import get_array_module
+from optbench.errors import OptbenchError
+
+# Allowed ranges shared by every optimizer that has the hyperparameter: (test, description).
+_RANGES = {
+    "lr": (lambda v: v > 0, "> 0"),
+    "eps": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+    "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "rho": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lr_decay": (lambda v: v >= 0, ">= 0"),
+    "initial_accumulator_value": (lambda v: v >= 0, ">= 0"),
+    "momentum_decay": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _lerp_(start, end, weight: float) -> None:
+    """start += weight * (end - start), in place, rounded as torch's CPU `lerp_` rounds it."""
+    if abs(weight) < 0.5:
+        start += weight * (end - start)
+    else:
+        start[...] = end - (end - start) * (1 - weight)
+
+
+class Optimizer:
+    """Base class: hyperparameters from `defaults`, checked on construction.
+
+    Subclasses set `name`, `paper`, `defaults` and implement `init` and `update`. The learning
+    rate may be a float or an array that broadcasts against `p` (one lr per row of a point
+    cloud, as `--tune` uses).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3}
+
+    def __init__(self, **hparams: Any) -> None:
+        label = self.name or type(self).__name__
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise OptbenchError(
+                f"{label}: unknown hyperparameter {unknown[0]!r} "
+                f"(choose from {', '.join(self.defaults)})"
+            )
+        self.hparams: dict[str, Any] = {}
+        for key, default in self.defaults.items():
+            value = hparams.get(key, default)
+            if isinstance(default, bool):
+                value = bool(value)
+            elif not (key == "lr" and not np.isscalar(value)):
+                value = float(value)
+            self.hparams[key] = value
+            setattr(self, key, value)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse hyperparameters outside their documented ranges."""
+        label = self.name or type(self).__name__
+        for key, value in self.hparams.items():
+            if key not in _RANGES or isinstance(value, bool):
+                continue
+            ok, allowed = _RANGES[key]
+            if not np.all(ok(np.asarray(value))) or not np.all(np.isfinite(value)):
+                raise OptbenchError(f"{label}: invalid {key} {value!r} (must be {allowed})")
+
+    def init(self, p) -> dict:
+        raise NotImplementedError
+
+    def update(self, p, g, state: dict) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional (Nesterov) momentum.
+
+        g <- g + wd * p
+        b <- g at the first step, else mu * b + (1 - dampening) * g
+        g <- g + mu * b  (nesterov)  or  b
+        p <- p - lr * g
+    """
+
+    name = "sgd"
+    paper = "Robbins & Monro 1951; Sutskever et al. 2013 (momentum, Nesterov)"
+    defaults = {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False}
+
+    def check(self) -> None:
+        super().check()
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise OptbenchError(f"{self.name}: nesterov momentum requires momentum > 0 and dampening = 0")
+
+    def init(self, p) -> dict:
+        return {"step": 0, "momentum_buffer": None}
+
+    def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * p
+        if self.momentum != 0:
+            buf = state["momentum_buffer"]
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+
+class Momentum(SGD):
+    """SGD with heavy-ball momentum 0.9: torch.optim.SGD(momentum=0.9)."""
+
+    name = "momentum"
+    paper = "Polyak 1964"
+    defaults = {**SGD.defaults, "momentum": 0.9}
+
+
+class Nesterov(SGD):
+    """SGD with Nesterov momentum 0.9: torch.optim.SGD(momentum=0.9, nesterov=True)."""
+
+    name = "nesterov"
+    paper = "Nesterov 1983; Sutskever et al. 2013"
+    defaults = {**SGD.defaults, "momentum": 0.9, "nesterov": True}
+
+
+class Adagrad(Optimizer):
+    """Adagrad: per-coordinate steps scaled by the root of the summed squared gradients.
+
+        clr <- lr / (1 + (t - 1) * lr_decay)
+        s <- s + g^2          (s starts at initial_accumulator_value)
+        p <- p - clr * g / (sqrt(s) + eps)
+    """
+
+    name = "adagrad"
+    paper = "Duchi, Hazan & Singer 2011"
+    defaults = {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0, "eps": 1e-10}
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "sum": xp.full_like(p, self.initial_accumulator_value)}
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * p
+        clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
+        state["sum"] += g * g
+        std = xp.sqrt(state["sum"])
+        std += self.eps
+        p += (-clr * g) / std
+
+
+class RMSprop(Optimizer):
+    """RMSprop: steps scaled by a running root-mean-square of the gradients.
+
+        v <- alpha * v + (1 - alpha) * g^2
+        m <- lerp(m, g, 1 - alpha);  d <- sqrt(v - m^2) + eps      (centered)
+                                     d <- sqrt(v) + eps            (otherwise)
+        b <- momentum * b + g / d;   p <- p - lr * b               (momentum > 0; b starts at 0)
+        p <- p - lr * g / d                                        (otherwise)
+    """
+
+    name = "rmsprop"
+    paper = "Hinton, Srivastava & Swersky 2012 (lecture 6e); Graves 2013 (centered)"
+    defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False}
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        state = {"step": 0, "square_avg": xp.zeros_like(p)}
+        if self.momentum > 0:
+            state["momentum_buffer"] = xp.zeros_like(p)
+        if self.centered:
+            state["grad_avg"] = xp.zeros_like(p)
+        return state
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * p
+        square_avg = state["square_avg"]
+        square_avg *= self.alpha
+        square_avg += (1 - self.alpha) * g * g
+        if self.centered:
+            grad_avg = state["grad_avg"]
+            _lerp_(grad_avg, g, 1 - self.alpha)
+            avg = xp.sqrt(square_avg - grad_avg * grad_avg)
+        else:
+            avg = xp.sqrt(square_avg)
+        avg += self.eps
+        if self.momentum > 0:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += g / avg
+            p -= self.lr * buf
+        else:
+            p += (-self.lr * g) / avg
+
+
+class Adadelta(Optimizer):
+    """Adadelta: steps in units of the running RMS of past steps, so lr = 1 works.
+
+        v <- rho * v + (1 - rho) * g^2
+        d <- sqrt(u + eps) / sqrt(v + eps) * g
+        u <- rho * u + (1 - rho) * d^2
+        p <- p - lr * d
+    """
+
+    name = "adadelta"
+    paper = "Zeiler 2012"
+    defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "square_avg": xp.zeros_like(p), "acc_delta": xp.zeros_like(p)}
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * p
+        square_avg, acc_delta = state["square_avg"], state["acc_delta"]
+        square_avg *= self.rho
+        square_avg += (1 - self.rho) * g * g
+        std = xp.sqrt(square_avg + self.eps)
+        delta = xp.sqrt(acc_delta + self.eps)
+        delta /= std
+        delta *= g
+        acc_delta *= self.rho
+        acc_delta += (1 - self.rho) * delta * delta
+        p -= self.lr * delta
+
+
+class Adam(Optimizer):
+    """Adam, with optional AMSGrad.
+
+        g <- g + wd * p
+        m <- lerp(m, g, 1 - beta1);  v <- beta2 * v + (1 - beta2) * g^2
+        vmax <- max(vmax, v)   (amsgrad, on the raw second moment; used in place of v)
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+
+    name = "adam"
+    paper = "Kingma & Ba 2015; Reddi, Kale & Kumar 2018 (AMSGrad)"
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}
+    # AdamW's weight decay multiplies p by (1 - lr * wd) instead of adding wd * p to g.
+    decoupled_weight_decay: ClassVar[bool] = False
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        state = {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = xp.zeros_like(p)
+        return state
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        t = state["step"]
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        _lerp_(exp_avg, g, 1 - self.beta1)
+        exp_avg_sq *= self.beta2
+        exp_avg_sq += (1 - self.beta2) * g * g
+        step_size = self.lr / (1 - self.beta1**t)
+        # A Python float: np.sqrt would make it a float64 scalar and promote float32 arrays.
+        bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
+        if self.amsgrad:
+            xp.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+            second = state["max_exp_avg_sq"]
+        else:
+            second = exp_avg_sq
+        denom = xp.sqrt(second) / bias_correction2_sqrt
+        denom += self.eps
+        p += (-step_size * exp_avg) / denom
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, p <- p * (1 - lr * wd) before the Adam step."""
+
+    name = "adamw"
+    paper = "Loshchilov & Hutter 2019"
+    defaults = {**Adam.defaults, "weight_decay": 1e-2}
+    decoupled_weight_decay = True
+
+
+class AMSGrad(Adam):
+    """Adam(amsgrad=True): the denominator uses the running maximum of the raw second moment."""
+
+    name = "amsgrad"
+    paper = "Reddi, Kale & Kumar 2018"
+    defaults = {**Adam.defaults, "amsgrad": True}
+
+
+class NAdam(Optimizer):
+    """NAdam: Adam with Nesterov momentum and Dozat's momentum schedule.
+
+        mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay));  P_t = mu_1 * ... * mu_t
+        m, v as in Adam;  d = sqrt(v / (1 - beta2^t)) + eps
+        p <- p - lr * (1 - mu_t) / (1 - P_t) * g / d - lr * mu_{t+1} / (1 - P_t * mu_{t+1}) * m / d
+    """
+
+    name = "nadam"
+    paper = "Dozat 2016"
+    defaults = {
+        "lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+        "momentum_decay": 4e-3, "decoupled_weight_decay": False,
+    }
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "mu_product": 1.0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        t = state["step"]
+        bias_correction2 = 1 - self.beta2**t
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        mu = self.beta1 * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))
+        mu_next = self.beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * self.momentum_decay))
+        state["mu_product"] *= mu
+        mu_product = state["mu_product"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        _lerp_(exp_avg, g, 1 - self.beta1)
+        exp_avg_sq *= self.beta2
+        exp_avg_sq += (1 - self.beta2) * g * g
+        denom = xp.sqrt(exp_avg_sq / bias_correction2)
+        denom += self.eps
+        p += (-self.lr * (1.0 - mu) / (1.0 - mu_product) * g) / denom
+        p += ((-self.lr * mu_next) / (1.0 - mu_product * mu_next) * exp_avg) / denom
+
+
+class RAdam(Optimizer):
+    """RAdam: Adam whose adaptive step is switched on, and rectified, once its variance is finite.
+
+        rho_inf = 2 / (1 - beta2) - 1;  rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+        m_hat = m / (1 - beta1^t)
+        rho_t > 5:  p <- p - lr * m_hat * r_t * sqrt(1 - beta2^t) / (sqrt(v) + eps)
+                    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        otherwise:  p <- p - lr * m_hat   (SGD with momentum)
+    """
+
+    name = "radam"
+    paper = "Liu et al. 2020"
+    defaults = {
+        "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+        "decoupled_weight_decay": False,
+    }
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        t = state["step"]
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        _lerp_(exp_avg, g, 1 - self.beta1)
+        exp_avg_sq *= self.beta2
+        exp_avg_sq += (1 - self.beta2) * g * g
+        bias_correction1 = 1 - self.beta1**t
+        bias_correction2 = 1 - self.beta2**t
+        bias_corrected_exp_avg = exp_avg / bias_correction1
+        rho_inf = 2 / (1 - self.beta2) - 1
+        rho_t = rho_inf - 2 * t * self.beta2**t / bias_correction2
+        if rho_t > 5.0:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            denom = xp.sqrt(exp_avg_sq)
+            denom += self.eps
+            adaptive_lr = bias_correction2**0.5 / denom
+            p -= bias_corrected_exp_avg * self.lr * adaptive_lr * rect
+        else:
+            p -= bias_corrected_exp_avg * self.lr
+
+
+class Adamax(Optimizer):
+    """Adamax: Adam with the infinity norm in place of the second moment.
+
+        m <- lerp(m, g, 1 - beta1);  u <- max(beta2 * u, |g| + eps)
+        p <- p - lr / (1 - beta1^t) * m / u
+    """
+
+    name = "adamax"
+    paper = "Kingma & Ba 2015 (section 7)"
+    defaults = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_inf": xp.zeros_like(p)}
+
+    def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        state["step"] += 1
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * p
+        exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
+        _lerp_(exp_avg, g, 1 - self.beta1)
+        exp_inf *= self.beta2
+        xp.maximum(exp_inf, xp.abs(g) + self.eps, out=exp_inf)
+        clr = self.lr / (1 - self.beta1 ** state["step"])
+        p += (-clr * exp_avg) / exp_inf
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls
+    for cls in (SGD, Momentum, Nesterov, Adagrad, RMSprop, Adadelta, Adam, AdamW, AMSGrad, NAdam, RAdam, Adamax)
+}
+
+
+def optimizer_class(spec: str) -> type:
+    """The class for a built-in name or a user's `module:Class` (module name or path to a .py file)."""
+    if spec in OPTIMIZERS:
+        return OPTIMIZERS[spec]
+    if ":" not in spec:
+        raise OptbenchError(
+            f"unknown optimizer {spec!r} (choose from {', '.join(OPTIMIZERS)}, all, or module:Class)"
+        )
+    module_name, _, class_name = spec.rpartition(":")
+    module = _import_user_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise OptbenchError(f"optimizer {spec!r}: module {module_name!r} has no class {class_name!r}")
+    if not (isinstance(cls, type) and callable(getattr(cls, "init", None)) and callable(getattr(cls, "update", None))):
+        raise OptbenchError(f"optimizer {spec!r} is not an optimizer class with init(p) and update(p, g, state)")
+    return cls
+
+
+def _import_user_module(module_name: str):
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            spec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+            if spec is None or spec.loader is None or not os.path.isfile(module_name):
+                raise OptbenchError(f"cannot import optimizer module {module_name!r}: no such file")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        # Like `python -m`, look in the working directory first.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(module_name)
+    except OptbenchError:
+        raise
+    except Exception as exc:  # the user's module can fail in any way; report it in one line
+        raise OptbenchError(f"cannot import optimizer module {module_name!r}: {exc}") from exc
+
+
+def optimizer_label(cls: type) -> str:
+    """The name that appears in tables, CSVs and legends."""
+    return getattr(cls, "name", "") or cls.__name__
+
+
+def make_optimizer(spec: str, **hparams: Any):
+    """Build an optimizer from a name or `module:Class`, checking its hyperparameters."""
+    cls = optimizer_class(spec)
+    try:
+        return cls(**hparams)
+    except OptbenchError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise OptbenchError(f"{optimizer_label(cls)}: {exc}") from exc
+
+
+def parse_value(text: str, default: Any):
+    """A hyperparameter value from the command line, typed like its default."""
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    return float(text)
+
+
+def parse_hparams(pairs: list[str], labels: list[str]) -> dict[str, dict[str, str]]:
+    """Split `name=value` and `optimizer.name=value` strings by optimizer label.
+
+    A bare `name=value` goes to every selected optimizer (`labels`); values stay strings here
+    and are typed against each optimizer's defaults by `hparams_for`.
+    """
+    per_label: dict[str, dict[str, str]] = {label: {} for label in labels}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise OptbenchError(f"--hp {pair!r}: expected name=value, e.g. --hp momentum=0.95")
+        target, dot, name = key.rpartition(".")
+        if dot:
+            if target not in per_label:
+                raise OptbenchError(f"--hp {pair!r}: {target!r} is not among the selected optimizers ({', '.join(labels)})")
+            per_label[target][name] = value
+        else:
+            for label in labels:
+                per_label[label][name] = value
+    return per_label
+
+
+def hparams_for(cls: type, raw: dict[str, str], *, strict: bool) -> dict[str, Any]:
+    """Type the raw `--hp` strings for `cls`; with `strict=False`, skip names it does not have."""
+    defaults = getattr(cls, "defaults", {})
+    typed: dict[str, Any] = {}
+    for name, text in raw.items():
+        if name not in defaults:
+            if strict:
+                raise OptbenchError(
+                    f"{optimizer_label(cls)}: unknown hyperparameter {name!r} (choose from {', '.join(defaults)})"
+                )
+            continue
+        try:
+            typed[name] = parse_value(text, defaults[name])
+        except ValueError as exc:
+            raise OptbenchError(f"{optimizer_label(cls)}: bad value for {name}: {exc}") from exc
+    return typed
