@@ -496,13 +496,7 @@ def optimizer_label(cls: type) -> str:
 
 def make_optimizer(spec: str, **hparams: Any):
     """Build an optimizer from a name or `module:Class`, checking its hyperparameters."""
-    cls = optimizer_class(spec)
-    try:
-        return cls(**hparams)
-    except OptbenchError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise OptbenchError(f"{optimizer_label(cls)}: {exc}") from exc
+    return instantiate(optimizer_class(spec), **hparams)
 
 
 def parse_value(text: str, default: Any):
@@ -555,4 +549,34 @@ def hparams_for(cls: type, raw: dict[str, str], *, strict: bool) -> dict[str, An
             typed[name] = parse_value(text, defaults[name])
         except ValueError as exc:
             raise OptbenchError(f"{optimizer_label(cls)}: bad value for {name}: {exc}") from exc
+    return typed
+
+
+def instantiate(cls: type, **hparams: Any):
+    """`cls(**hparams)`, with a user class's own TypeError or ValueError turned into one line."""
+    try:
+        return cls(**hparams)
+    except OptbenchError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise OptbenchError(f"{optimizer_label(cls)}: {exc}") from exc
+
+
+def resolve_hparams(selected: list[tuple[str, type]], pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """Typed hyperparameters per selected optimizer from `--hp` strings.
+
+    `name=value` applies to every selected optimizer that has `name` (and is an error when none
+    has it); `label.name=value` applies to that one and must be one of its hyperparameters.
+    """
+    labels = [label for label, _ in selected]
+    raw = parse_hparams(pairs, labels)
+    bare = {pair.partition("=")[0].strip() for pair in pairs if "." not in pair.partition("=")[0]}
+    for name in sorted(bare):
+        if not any(name in getattr(cls, "defaults", {}) for _, cls in selected):
+            raise OptbenchError(f"--hp {name}: no selected optimizer has it (see `optbench list`)")
+    typed = {}
+    for label, cls in selected:
+        shared = {k: v for k, v in raw[label].items() if k in bare}
+        own = {k: v for k, v in raw[label].items() if k not in bare}
+        typed[label] = {**hparams_for(cls, shared, strict=False), **hparams_for(cls, own, strict=True)}
     return typed

@@ -236,7 +236,7 @@ SURFACES: dict[str, Surface] = {
         Surface(
             "goldstein_price",
             "[1 + (x+y+1)^2 (19 - 14x + 3x^2 - 14y + 6xy + 3y^2)] [30 + (2x-3y)^2 (18 - 32x + 12x^2 + 48y - 36xy + 27y^2)]",
-            _goldstein_price, _goldstein_price_grad, ((-2, 2), (-2, 2)), (-0.4, 1.6), ((0.0, -1.0),), 3.0,
+            _goldstein_price, _goldstein_price_grad, ((-2, 2), (-2, 2)), (-1.0, -1.5), ((0.0, -1.0),), 3.0,
             steps=300, note="values from 3 to 10^6; local minima",
         ),
         Surface(

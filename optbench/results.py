@@ -1,0 +1,64 @@
+"""Results on disk: records -> DataFrame -> CSV, written atomically, and read back.
+
+Every file is written to a temporary name in its own folder and renamed into place, so a
+reader never sees half a file, even when a run is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from optbench.errors import OptbenchError
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` on success."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_json(data, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise OptbenchError(f"no such file: {path}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise OptbenchError(f"cannot read {path}: {exc}") from None
+
+
+def prepare_dir(path: Path) -> Path:
+    """Create an output folder, or explain in one line why it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".optbench-write-test-")
+        probe.close()
+    except OSError as exc:
+        raise OptbenchError(f"cannot write to output folder {str(path)!r}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,72 @@
+"""Rich tables built from DataFrames and registries; the CLI prints them."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+from optbench.optimizers import OPTIMIZERS
+from optbench.surfaces import SURFACES
+
+
+def _number(value, digits: int = 4) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def surface_summary(summary: pd.DataFrame, title: str) -> Table:
+    """One row per optimizer, in the summary's order (best first)."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("optimizer", style="bold")
+    for name in ("lr", "final loss", "gap", "dist to min", "steps to 1e-3", "final (x, y)"):
+        table.add_column(name, justify="right")
+    for rank, row in enumerate(summary.itertuples(), start=1):
+        label = f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else row.optimizer
+        table.add_row(
+            str(rank),
+            label,
+            _number(row.lr, 3),
+            _number(row.final_loss),
+            _number(row.gap, 3),
+            _number(row.dist_to_min, 3),
+            _number(row.steps_to_tol),
+            f"({row.final_x:.3g}, {row.final_y:.3g})",
+            style="red" if row.diverged else None,
+        )
+    return table
+
+
+def optimizers_table() -> Table:
+    table = Table(title="Optimizers (torch.optim's update rules and defaults)", title_justify="left", header_style="bold")
+    table.add_column("name", style="bold")
+    table.add_column("class")
+    table.add_column("defaults")
+    table.add_column("paper")
+    for name, cls in OPTIMIZERS.items():
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+        table.add_row(name, cls.__name__, defaults, cls.paper)
+    return table
+
+
+def surfaces_table() -> Table:
+    table = Table(title="Surfaces", title_justify="left", header_style="bold")
+    table.add_column("name", style="bold")
+    table.add_column("f(x, y)")
+    table.add_column("domain")
+    table.add_column("start")
+    table.add_column("global minima")
+    table.add_column("min value", justify="right")
+    for s in SURFACES.values():
+        (xmin, xmax), (ymin, ymax) = s.domain
+        minima = ", ".join(f"({x:.4g}, {y:.4g})" for x, y in s.minima) or "none"
+        table.add_row(
+            s.name, s.formula, f"[{xmin:g}, {xmax:g}] × [{ymin:g}, {ymax:g}]", f"({s.start[0]:g}, {s.start[1]:g})",
+            minima, "unbounded below" if s.min_value is None else f"{s.min_value:.10g}",
+        )
+    return table
