@@ -2,7 +2,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test surfaces clean
+README_SURFACES := bowl rosenbrock himmelblau saddle
+
+.PHONY: install test figures clean
 
 install: $(BIN)/optbench
 
@@ -15,9 +17,11 @@ $(BIN)/optbench: pyproject.toml
 test: install
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
 
-# Redraw the pictures the README shows (committed under docs/).
+# Redraw the pictures the README shows (the only results committed, under docs/img/).
 figures: install
-	MPLBACKEND=Agg $(BIN)/optbench surface --opt all --fn all --out results/readme --quiet
+	$(BIN)/optbench surface --opt all $(addprefix --fn ,$(README_SURFACES)) --out results --quiet
+	mkdir -p docs/img
+	for s in $(README_SURFACES); do cp results/surface/$$s/trajectories.png docs/img/$$s.png; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

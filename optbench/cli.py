@@ -139,8 +139,9 @@ def surface_command(
     if quiet:
         return
     for result, files in written:
+        first = result.trajectories.iloc[0]
         steps_run = int(result.trajectories["step"].max())
-        title = f"{result.surface.name} — {steps_run} steps from {tuple(result.trajectories.iloc[0][['x', 'y']])}"
+        title = f"{result.surface.name}: {steps_run} steps from ({first['x']:g}, {first['y']:g})"
         if tune:
             title += " — lr tuned"
         console.print(tables.surface_summary(result.summary, title))

@@ -11,7 +11,7 @@ from optbench.optimizers import OPTIMIZERS
 from optbench.surfaces import SURFACES
 
 
-def _number(value, digits: int = 4) -> str:
+def _number(value, digits: int = 3) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
@@ -20,31 +20,27 @@ def _number(value, digits: int = 4) -> str:
 
 
 def surface_summary(summary: pd.DataFrame, title: str) -> Table:
-    """One row per optimizer, in the summary's order (best first)."""
+    """One row per optimizer, in the summary's order (best first); diverged rows in red."""
+    bounded = summary["gap"].notna().any()
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
-    table.add_column("optimizer", style="bold")
-    for name in ("lr", "final loss", "gap", "dist to min", "steps to 1e-3", "final (x, y)"):
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    names = ["lr", "final loss"] + (["gap", "dist to min", "steps to 1e-3"] if bounded else []) + ["final x, y"]
+    for name in names:
         table.add_column(name, justify="right")
     for rank, row in enumerate(summary.itertuples(), start=1):
         label = f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else row.optimizer
-        table.add_row(
-            str(rank),
-            label,
-            _number(row.lr, 3),
-            _number(row.final_loss),
-            _number(row.gap, 3),
-            _number(row.dist_to_min, 3),
-            _number(row.steps_to_tol),
-            f"({row.final_x:.3g}, {row.final_y:.3g})",
-            style="red" if row.diverged else None,
-        )
+        cells = [_number(row.lr, 3), _number(row.final_loss)]
+        if bounded:
+            cells += [_number(row.gap, 3), _number(row.dist_to_min, 3), _number(row.steps_to_tol)]
+        cells.append(f"{row.final_x:.3g}, {row.final_y:.3g}")
+        table.add_row(str(rank), label, *cells, style="red" if row.diverged else None)
     return table
 
 
 def optimizers_table() -> Table:
     table = Table(title="Optimizers (torch.optim's update rules and defaults)", title_justify="left", header_style="bold")
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("class")
     table.add_column("defaults")
     table.add_column("paper")
@@ -56,7 +52,7 @@ def optimizers_table() -> Table:
 
 def surfaces_table() -> Table:
     table = Table(title="Surfaces", title_justify="left", header_style="bold")
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("f(x, y)")
     table.add_column("domain")
     table.add_column("start")

@@ -1,0 +1,163 @@
+"""The CLI end to end with CliRunner: files written, read back with pandas, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.optimizers import OPTIMIZERS
+from optbench.surface_bench import SUMMARY_COLUMNS, TRAJECTORY_COLUMNS
+from optbench.surfaces import SURFACES
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_list_shows_every_optimizer_and_surface():
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    for name in [*OPTIMIZERS, *SURFACES]:
+        assert name in result.output
+
+
+def test_surface_all_writes_tidy_csvs_and_plots(tmp_path):
+    result = invoke("surface", "--opt", "all", "--fn", "bowl", "--fn", "saddle", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    for name, minimum in (("bowl", 0.0), ("saddle", None)):
+        folder = tmp_path / "surface" / name
+        trajectories = pd.read_csv(folder / "trajectories.csv")
+        summary = pd.read_csv(folder / "summary.csv")
+        assert list(trajectories.columns) == TRAJECTORY_COLUMNS
+        assert list(summary.columns) == SUMMARY_COLUMNS
+        assert set(summary["optimizer"]) == set(OPTIMIZERS)
+        assert (folder / "trajectories.png").stat().st_size > 10_000
+        surface = SURFACES[name]
+        # Step 0 is the start, and each recorded loss is the surface's value at the recorded point.
+        assert (trajectories.loc[trajectories["step"] == 0, ["x", "y"]].to_numpy() == surface.start).all()
+        np.testing.assert_allclose(trajectories["loss"], surface.value(trajectories[["x", "y"]].to_numpy()), rtol=1e-12)
+        counts = trajectories.groupby("optimizer")["step"].agg(["min", "max", "count"])
+        assert (counts["min"] == 0).all() and (counts["count"] == counts["max"] + 1).all()
+        last = trajectories.sort_values("step").groupby("optimizer").tail(1).set_index("optimizer")
+        summary = summary.set_index("optimizer")
+        np.testing.assert_allclose(summary["final_loss"], last.loc[summary.index, "loss"])
+        if minimum is None:
+            assert summary["gap"].isna().all() and summary["steps_to_tol"].isna().all()
+        else:
+            np.testing.assert_allclose(summary["gap"], summary["final_loss"] - minimum)
+    # Best first: the summary is sorted by final loss among non-diverged runs.
+    bowl = pd.read_csv(tmp_path / "surface" / "bowl" / "summary.csv")
+    ok = bowl[~bowl["diverged"]]
+    assert ok["final_loss"].is_monotonic_increasing
+
+
+def test_surface_options_reach_the_optimizer(tmp_path):
+    result = invoke(
+        "surface", "--opt", "sgd", "--opt", "nesterov", "--fn", "bowl", "--steps", "7", "--lr", "0.05",
+        "--hp", "nesterov.momentum=0.5", "--start", "3", "-1", "--out", tmp_path, "--no-plot",
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "surface" / "bowl"
+    assert not (folder / "trajectories.png").exists()
+    traj = pd.read_csv(folder / "trajectories.csv")
+    sgd = traj[traj["optimizer"] == "sgd"].sort_values("step")
+    assert sgd["step"].max() == 7 and (sgd["lr"] == 0.05).all()
+    # Plain SGD on x^2/20 + y^2: x_t = (1 - lr/10)^t x_0, y_t = (1 - 2 lr)^t y_0.
+    t = sgd["step"].to_numpy()
+    np.testing.assert_allclose(sgd["x"], 3 * (1 - 0.005) ** t, rtol=1e-13)
+    np.testing.assert_allclose(sgd["y"], -1 * (1 - 0.1) ** t, rtol=1e-13)
+    nesterov = traj[traj["optimizer"] == "nesterov"].sort_values("step")
+    # First Nesterov step with buffer b1 = g: p1 = p0 - lr (g + mu g) = p0 - lr (1 + mu) g.
+    g = np.array([3 / 10, 2 * -1])
+    np.testing.assert_allclose(nesterov[["x", "y"]].to_numpy()[1], np.array([3, -1]) - 0.05 * 1.5 * g, rtol=1e-14)
+
+
+def test_tune_reports_the_chosen_lr(tmp_path):
+    result = invoke("surface", "--opt", "adam", "--fn", "booth", "--tune", "--out", tmp_path, "--no-plot")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "surface" / "booth"
+    tuning = pd.read_csv(folder / "tuning.csv")
+    summary = pd.read_csv(folder / "summary.csv")
+    chosen = tuning[tuning["chosen"]]
+    assert len(chosen) == 1
+    assert summary.loc[0, "lr"] == pytest.approx(chosen["lr"].iloc[0])
+    finite = tuning[~tuning["diverged"]]
+    assert chosen["final_loss"].iloc[0] == finite["final_loss"].min()
+    assert "lr tuned" in result.output
+
+
+def test_user_optimizer_joins_the_builtins(tmp_path, monkeypatch):
+    (tmp_path / "my_opt.py").write_text(
+        "import numpy as np\n"
+        "class SignSGD:\n"
+        "    name = 'signsgd'\n"
+        "    defaults = {'lr': 0.1}\n"
+        "    def __init__(self, lr=0.1):\n"
+        "        self.lr = lr\n"
+        "    def init(self, p):\n"
+        "        return {}\n"
+        "    def update(self, p, g, state):\n"
+        "        p -= self.lr * np.sign(g)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("surface", "--opt", "my_opt:SignSGD", "--opt", "adam", "--fn", "bowl", "--steps", "3", "--out", tmp_path / "r", "--no-plot")
+    assert result.exit_code == 0, result.output
+    traj = pd.read_csv(tmp_path / "r" / "surface" / "bowl" / "trajectories.csv")
+    mine = traj[traj["optimizer"] == "signsgd"].sort_values("step")
+    np.testing.assert_allclose(mine[["x", "y"]].to_numpy()[-1], [-7 + 0.3, 2 - 0.3])
+
+
+def test_divergence_is_marked_and_the_others_go_on(tmp_path):
+    result = invoke("surface", "--opt", "sgd", "--opt", "adam", "--fn", "rosenbrock", "--lr", "0.5", "--steps", "50", "--out", tmp_path, "--no-plot")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "surface" / "rosenbrock" / "summary.csv").set_index("optimizer")
+    assert summary.loc["sgd", "diverged"] and not summary.loc["adam", "diverged"]
+    traj = pd.read_csv(tmp_path / "surface" / "rosenbrock" / "trajectories.csv")
+    assert np.isfinite(traj[["x", "y", "loss"]].to_numpy()).all()
+    assert traj[traj["optimizer"] == "adam"]["step"].max() == 50
+    assert traj[traj["optimizer"] == "sgd"]["step"].max() < 50
+    assert "Warning" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--opt", "adamm"], "choose from sgd, momentum"),
+        (["--fn", "rosenbrok"], "choose from bowl, rosenbrock"),
+        (["--opt", "adam", "--hp", "beta1=1.5"], "beta1"),
+        (["--opt", "adam", "--hp", "adam.momentum=0.9"], "choose from lr, beta1"),
+        (["--opt", "sgd", "--hp", "momentum"], "name=value"),
+        (["--opt", "sgd", "--lr", "0"], "lr"),
+        (["--opt", "sgd", "--steps", "0"], "--steps"),
+        (["--opt", "no_such_module:Thing"], "no_such_module"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
+    result = invoke("surface", *args, "--out", tmp_path, "--no-plot")
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert fragment in message
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in message
+
+
+def test_unwritable_out_gives_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("surface", "--opt", "sgd", "--out", blocker / "sub")
+    assert result.exit_code == 2
+    assert "cannot write to output folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_python_dash_m_runs():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "optbench", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "surface" in done.stdout
