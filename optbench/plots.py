@@ -18,7 +18,7 @@ from optbench.results import atomic_path  # noqa: E402
 from optbench.surfaces import Surface  # noqa: E402
 
 GRID_POINTS = 400
-MAX_FRAMES = 120
+MAX_FRAMES = 60
 
 
 def optimizer_colors(labels) -> dict[str, tuple]:
@@ -136,6 +136,6 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
 
     movie = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
     with atomic_path(path) as tmp:
-        movie.save(tmp, writer=animation.PillowWriter(fps=15), dpi=80)
+        movie.save(tmp, writer=animation.PillowWriter(fps=12), dpi=60)
     plt.close(fig)
     return Path(path)
