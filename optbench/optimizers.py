@@ -86,8 +86,10 @@ class Optimizer:
             if key not in _RANGES or isinstance(value, bool):
                 continue
             ok, allowed = _RANGES[key]
-            if not np.all(ok(np.asarray(value))) or not np.all(np.isfinite(value)):
-                raise OptbenchError(f"{label}: invalid {key} {value!r} (must be {allowed})")
+            values = np.asarray(value)
+            if not np.all(ok(values)) or not np.all(np.isfinite(values)):
+                shown = f"{value!r}" if values.ndim == 0 else f"values from {values.min():g} to {values.max():g}"
+                raise OptbenchError(f"{label}: invalid {key} {shown} (must be {allowed})")
 
     def init(self, p) -> dict:
         raise NotImplementedError
