@@ -7,6 +7,12 @@ the update rule alone. Everything is float64 and the positions must agree to rto
 every step: a wrong default, a missing bias correction or a misplaced epsilon shows up after a
 step or two as a relative difference far above 1e-12.
 
+Bit-for-bit agreement is not expected: torch's CPU kernels fuse `a + alpha * b` (add with alpha,
+addcmul, addcdiv, lerp) into one rounding where NumPy rounds twice, so single steps differ in the
+last ulp. That only stays invisible on trajectories that do not amplify rounding, so every case
+first checks that torch *against itself*, started 1 ulp away, stays within the tolerance; a case
+that fails that check is a badly chosen case (chaotic), not evidence about the optimizer.
+
 Torch is only the oracle here; the tests are skipped where it is not installed.
 """
 
@@ -23,6 +29,10 @@ from optbench.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
 
 STEPS = 300
 RTOL = 1e-12
+# Coordinates that pass close to zero make a purely relative test meaningless there (a 1-ulp
+# difference in O(1) terms that cancel is a huge relative one); 1e-15 is ~5 ulp at the O(1)
+# scale of these problems.
+ATOL = 1e-15
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +60,13 @@ def rosenbrock_grad(p: np.ndarray) -> np.ndarray:
 
 # Four start points at once, away from the valley floor and inside the region where torch's
 # default SGD learning rate (1e-3) is stable (the x-curvature 1200 x^2 - 400 y + 2 stays < 2000).
-ROSENBROCK_START = np.array([[-1.2, 1.0], [1.1, 1.3], [-0.4, 0.7], [0.5, -0.3]])
+ROSENBROCK_START = np.array([[-0.8, 1.2], [1.2, 1.0], [0.0, 0.8], [0.7, 0.0]])
+
+# At torch's default lr, RMSprop (1e-2) and Adadelta (1.0) take sign-like steps as wide as the
+# Rosenbrock valley and bounce across it chaotically: torch against itself from a start 1 ulp away
+# parts by 1e-3..1e-1 within 300 steps, so no comparison can be made there. On Rosenbrock they run
+# with a smaller lr (all else default); the quadratic test runs them at their full defaults.
+ROSENBROCK_LR = {"rmsprop": 2e-3, "adadelta": 0.1}
 
 
 def _random_quadratic(dim: int = 5, seed: int = 20240611):
@@ -144,12 +160,27 @@ def run_torch(name: str, overrides: dict, p0: np.ndarray, grad, steps: int = STE
     return np.array(trajectory)
 
 
+def assert_well_conditioned(name: str, overrides: dict, p0: np.ndarray, grad, theirs: np.ndarray) -> None:
+    """Torch against itself from starts 1 ulp away must agree within the tolerance.
+
+    Otherwise the trajectory amplifies rounding (it is chaotic) and a last-ulp difference in one
+    step, which the contract allows, would grow into a failure that says nothing about the rule.
+    """
+    for direction in (np.inf, -np.inf):
+        nudged = run_torch(name, overrides, np.nextafter(p0, direction), grad)
+        excess = np.max(np.abs(nudged - theirs) / (RTOL * np.abs(theirs) + ATOL))
+        assert excess <= 1.0, (
+            f"ill-conditioned test case: torch from a start 1 ulp away parts from itself by "
+            f"{excess:.1e} x the tolerance; choose a smaller lr or another start"
+        )
+
+
 def assert_same_trajectory(ours: np.ndarray, theirs: np.ndarray) -> None:
     """rtol 1e-12 at every step; on failure, name the first step that parts and by how much."""
     assert ours.shape == theirs.shape
     assert np.all(np.isfinite(theirs)), "the torch reference itself left the finite range"
     scale = np.abs(theirs)
-    bad = np.abs(ours - theirs) > RTOL * scale
+    bad = np.abs(ours - theirs) > RTOL * scale + ATOL
     if bad.any():
         step = int(np.argwhere(bad.reshape(len(bad), -1).any(axis=1))[0, 0])
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -177,8 +208,10 @@ SETTING_CASES = [
     pytest.param("adagrad", {"weight_decay": 0.1, "eps": 1e-6}, id="adagrad-weight_decay-eps"),
     pytest.param("rmsprop", {"centered": True, "momentum": 0.9, "lr": 1e-3}, id="rmsprop-centered-momentum"),
     pytest.param("rmsprop", {"centered": True}, id="rmsprop-centered"),
-    pytest.param("rmsprop", {"momentum": 0.5, "weight_decay": 0.1, "alpha": 0.9}, id="rmsprop-momentum-wd-alpha"),
-    pytest.param("adadelta", {"rho": 0.95, "weight_decay": 0.1, "lr": 0.5}, id="adadelta-rho-wd"),
+    pytest.param(
+        "rmsprop", {"momentum": 0.5, "weight_decay": 0.1, "alpha": 0.9, "lr": 3e-4}, id="rmsprop-momentum-wd-alpha"
+    ),
+    pytest.param("adadelta", {"rho": 0.95, "weight_decay": 0.1, "lr": 0.1}, id="adadelta-rho-wd"),
     pytest.param("adam", {"weight_decay": 0.1}, id="adam-coupled-weight_decay"),
     pytest.param("adam", {"amsgrad": True, "beta1": 0.8, "beta2": 0.99, "lr": 1e-2}, id="adam-amsgrad-betas"),
     pytest.param("adamw", {"weight_decay": 0.1, "lr": 1e-2}, id="adamw-weight_decay0.1"),
@@ -194,10 +227,13 @@ SETTING_CASES = [
 
 @pytest.mark.parametrize(("name", "overrides"), DEFAULT_CASES + SETTING_CASES)
 def test_rosenbrock_trajectory_matches_torch(name, overrides):
+    if name in ROSENBROCK_LR:
+        overrides = {"lr": ROSENBROCK_LR[name], **overrides}
     ours = run_ours(name, overrides, ROSENBROCK_START, rosenbrock_grad)
     theirs = run_torch(name, overrides, ROSENBROCK_START, rosenbrock_grad)
     # The run must actually move, or agreement would say little.
-    assert np.abs(theirs[-1] - theirs[0]).max() > 1e-3
+    assert np.abs(theirs[-1] - theirs[0]).max() > 1e-2
+    assert_well_conditioned(name, overrides, ROSENBROCK_START, rosenbrock_grad, theirs)
     assert_same_trajectory(ours, theirs)
 
 
@@ -206,7 +242,8 @@ def test_random_quadratic_trajectory_matches_torch(name, overrides):
     # A 1-D parameter (5 coordinates coupled through A), unlike the (N, 2) Rosenbrock batch.
     ours = run_ours(name, overrides, QUAD_START, quadratic_grad)
     theirs = run_torch(name, overrides, QUAD_START, quadratic_grad)
-    assert np.abs(theirs[-1] - theirs[0]).max() > 1e-3
+    assert np.abs(theirs[-1] - theirs[0]).max() > 1e-2
+    assert_well_conditioned(name, overrides, QUAD_START, quadratic_grad, theirs)
     assert_same_trajectory(ours, theirs)
 
 
