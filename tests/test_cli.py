@@ -161,3 +161,14 @@ def test_python_dash_m_runs():
 
     done = subprocess.run([sys.executable, "-m", "optbench", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "surface" in done.stdout
+
+
+def test_animate_writes_a_gif(tmp_path):
+    result = invoke("surface", "--opt", "adam", "--opt", "sgd", "--fn", "booth", "--steps", "15", "--animate", "--no-plot", "--out", tmp_path, "-q")
+    assert result.exit_code == 0, result.output
+    gif = tmp_path / "surface" / "booth" / "trajectories.gif"
+    assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    from PIL import Image
+
+    with Image.open(gif) as movie:
+        assert movie.n_frames == 16  # one frame per step, start included
