@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -22,7 +23,7 @@ INITS = ("he", "xavier", "std")
 
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of integer `labels` under softmax(`logits`), and d loss / d logits."""
-    xp = _xp(logits)
+    xp = get_array_module(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)  # exp never overflows
     exp = xp.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)
@@ -32,12 +33,6 @@ def softmax_cross_entropy(logits, labels):
     grad[rows, labels] -= 1
     grad /= len(labels)
     return loss, grad
-
-
-def _xp(a):
-    from optbench.backend import get_array_module
-
-    return get_array_module(a)
 
 
 class MLP:
