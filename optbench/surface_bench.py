@@ -84,11 +84,12 @@ def run_surface(
     for contender in contenders:
         hparams = {k: v for k, v in contender.hparams.items() if k != "lr"}
         if tune:
-            chosen_lr, grid_batch = tune_lr(surface, contender.cls, hparams, start, steps)
-            tunings.append(_tuning_frame(surface, contender.label, grid_batch, chosen_lr))
+            best, grid_batch = tune_lr(surface, contender.cls, hparams, start, steps)
+            chosen_lr, batch = float(TUNE_GRID[best]), grid_batch.row(best)
+            tunings.append(_tuning_frame(surface, contender.label, grid_batch, best))
         else:
             chosen_lr = contender.hparams.get("lr", lr if lr is not None else default_lr(surface, contender))
-        batch = run(surface, instantiate(contender.cls, lr=chosen_lr, **hparams), [start], steps)
+            batch = run(surface, instantiate(contender.cls, lr=chosen_lr, **hparams), [start], steps)
         trajectories.append(_trajectory_frame(surface, contender.label, chosen_lr, batch))
         summaries.append(_summary_frame(surface, contender.label, chosen_lr, batch))
     summary = pd.concat(summaries, ignore_index=True)
@@ -148,7 +149,7 @@ def _summary_frame(surface: Surface, label: str, lr: float, batch) -> pd.DataFra
     )
 
 
-def _tuning_frame(surface: Surface, label: str, batch, chosen_lr: float) -> pd.DataFrame:
+def _tuning_frame(surface: Surface, label: str, batch, best: int) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "surface": surface.name,
@@ -156,7 +157,7 @@ def _tuning_frame(surface: Surface, label: str, batch, chosen_lr: float) -> pd.D
             "lr": TUNE_GRID,
             "final_loss": batch.final_losses,
             "diverged": batch.diverged,
-            "chosen": TUNE_GRID == chosen_lr,
+            "chosen": np.arange(TUNE_GRID.size) == best,
         }
     )
 

@@ -51,6 +51,10 @@ class TrajectoryBatch:
     def final_losses(self) -> np.ndarray:
         return self.losses[self.final_index, np.arange(self.losses.shape[1])]
 
+    def row(self, i: int) -> "TrajectoryBatch":
+        """Trajectory i alone, as a batch of one."""
+        return TrajectoryBatch(self.positions[:, i : i + 1], self.losses[:, i : i + 1], self.stop[i : i + 1])
+
 
 def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     n = starts.shape[0]
@@ -106,7 +110,7 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
 
 
 def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID):
-    """Run every lr of `grid`; return (best lr, batch with one row per lr).
+    """Run every lr of `grid`; return (index of the best lr, batch with one row per lr).
 
     A built-in optimizer gets lr as a column (G, 1), so the whole grid is one vectorised batch;
     a user's class gets one instance per lr. The best lr has the lowest final loss (diverged runs count as
@@ -126,5 +130,4 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     final = np.where(batch.diverged, np.inf, batch.final_losses)
     reached = steps_to_tol(surface, batch)
     reached = np.where(reached < 0, steps + 1, reached)
-    best = np.lexsort((grid, reached, final))[0]
-    return float(grid[best]), batch
+    return int(np.lexsort((grid, reached, final))[0]), batch

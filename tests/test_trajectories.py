@@ -209,8 +209,9 @@ def test_distance_to_minimum_is_nan_without_a_minimum():
 
 def test_tune_lr_on_the_bowl_picks_the_lr_with_the_lowest_final_loss(no_warnings):
     steps = 200
-    best, batch = tune_lr(BOWL, SGD, {}, (-7.0, 2.0), steps)
+    chosen, batch = tune_lr(BOWL, SGD, {}, (-7.0, 2.0), steps)
     grid = np.asarray(TUNE_GRID)
+    best = grid[chosen]
     assert batch.positions.shape == (steps + 1, grid.size, 2)
     (index,) = np.flatnonzero(grid == best)
     # SGD on y grows like |1 - 2 lr|^t for lr > 1; from lr = 3.98 on (|1 - 2 lr| >= 6.96) that
@@ -250,7 +251,8 @@ class Jumper:
 
 def test_tune_lr_never_chooses_a_diverged_run_even_if_its_last_finite_loss_is_lowest(no_warnings):
     grid = [0.01, 0.1, 2.0, 5.0]
-    best, batch = tune_lr(BOWL, Jumper, {}, (-7.0, 2.0), 10, grid=grid)
+    chosen, batch = tune_lr(BOWL, Jumper, {}, (-7.0, 2.0), 10, grid=grid)
+    best = grid[chosen]
     # lr 2 and 5: loss 0 at step 1, NaN at step 2 -> diverged, final (last finite) loss 0.
     assert batch.diverged.tolist() == [False, False, True, True]
     assert batch.final_losses[2] == 0.0
@@ -286,7 +288,8 @@ def test_tune_lr_with_a_user_defined_optimizer_runs_one_lr_per_instance(no_warni
     grid = [1e-3, 3e-2, 0.1, 0.7]
     steps = 100
     start = (-7.0, 2.0)
-    best, batch = tune_lr(BOWL, SignSGD, {}, start, steps, grid=grid)
+    chosen, batch = tune_lr(BOWL, SignSGD, {}, start, steps, grid=grid)
+    best = grid[chosen]
 
     assert [inst.lr for inst in SignSGD.instances] == grid
     assert all(isinstance(inst.lr, float) for inst in SignSGD.instances)
@@ -309,7 +312,8 @@ def test_tune_lr_with_a_user_defined_optimizer_runs_one_lr_per_instance(no_warni
 
 
 def test_tune_lr_passes_the_other_hyperparameters():
-    best_plain, _ = tune_lr(BOWL, SGD, {}, (-7.0, 2.0), 30, grid=[0.01, 0.05])
+    chosen_plain, _ = tune_lr(BOWL, SGD, {}, (-7.0, 2.0), 30, grid=[0.01, 0.05])
+    best_plain = [0.01, 0.05][chosen_plain]
     _, batch = tune_lr(BOWL, SGD, {"momentum": 0.9}, (-7.0, 2.0), 30, grid=[0.05])
     expected = run(BOWL, SGD(lr=0.05, momentum=0.9), [(-7.0, 2.0)], 30)
     np.testing.assert_allclose(batch.positions, expected.positions, rtol=1e-13)
