@@ -180,6 +180,18 @@ class MLP:
                 self.g[f"W{i}"][...] += weight_decay * W
         return loss
 
+    def snapshot(self):
+        """Everything training changes besides the optimizer state: weights, running
+        statistics, the dropout generator. `restore` puts it back (used after warm-up steps)."""
+        running = {k: v.copy() for k, v in self.running.items()}
+        return self.params.copy(), running, self._dropout_rng.bit_generator.state
+
+    def restore(self, snapshot) -> None:
+        params, running, rng_state = snapshot
+        self.params[...] = params
+        self.running = {k: v.copy() for k, v in running.items()}
+        self._dropout_rng.bit_generator.state = rng_state
+
     def predict(self, x):
         training, self.training = self.training, False
         try:

@@ -1,7 +1,12 @@
 """Training an MLP with one optimizer: seeded mini-batches, evaluation, and timing of the steps.
 
-Knows nothing of the terminal: progress goes to an optional callback, results come back as
-plain records for `results` to turn into tables and files.
+Knows nothing of the terminal: progress goes to optional callbacks, results come back as plain
+records for `mnist_bench` to turn into tables and files.
+
+Timing covers the training steps only (forward, backward, update), not evaluation, logging or
+I/O, and starts after a few warm-up steps on a throwaway copy of the state. On a GPU, `sync`
+waits for queued work at the ends of each timed interval; inside it nothing reads back to the
+host: the losses stay on the device until the interval ends.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import numpy as np
 from optbench.backend import get_array_module, to_numpy
 from optbench.mlp import MLP, softmax_cross_entropy
 
+WARMUP_STEPS = 3
+
 
 @dataclass
 class TrainLog:
-    """Train loss per iteration and test metrics per epoch, plus the seconds of training steps."""
+    """Train loss per iteration and test metrics per evaluation; how the run ended."""
 
     iterations: list[dict] = field(default_factory=list)
-    epochs: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
     diverged: bool = False
+    interrupted: bool = False
 
 
 def batch_order(n_samples: int, epoch: int, seed: int) -> np.ndarray:
@@ -33,7 +41,7 @@ def batch_order(n_samples: int, epoch: int, seed: int) -> np.ndarray:
 
 
 def evaluate(net: MLP, x, y, batch_size: int = 2000) -> tuple[float, float]:
-    """Mean test loss and accuracy in eval mode (no dropout, batch-norm running statistics)."""
+    """Mean loss and accuracy in eval mode (no dropout, batch-norm running statistics)."""
     xp = get_array_module(x)
     training, net.training = net.training, False
     try:
@@ -58,52 +66,101 @@ def train(
     y_test,
     *,
     epochs: int = 1,
+    iterations: int | None = None,
+    eval_every: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
     weight_decay: float = 0.0,
     sync: Callable[[], None] = lambda: None,
-    on_iteration: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
 ) -> TrainLog:
-    """Train `net` in place; the last partial batch of an epoch is dropped.
+    """Train `net` in place for `epochs` (or exactly `iterations` steps).
 
-    Only the training steps are timed (`sync` makes the timer wait for a GPU). A non-finite
-    loss stops the run and marks it diverged; what was logged until then is kept.
+    Evaluates at each epoch end, or every `eval_every` steps, and after the last step. The last
+    partial batch of an epoch is dropped. A non-finite loss stops the run and marks it
+    diverged; Ctrl-C stops it and marks it interrupted; either way what was logged is kept.
     """
+    xp = get_array_module(net.params)
     log = TrainLog()
+    per_epoch = len(x_train) // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_train)})")
+    total = iterations if iterations is not None else epochs * per_epoch
+    interval = eval_every or per_epoch
+
+    def step(index, state):
+        loss = net.loss_and_grads(x_train[index], y_train[index], weight_decay)
+        optimizer.update(net.params, net.grads, state)
+        return loss
+
+    # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
+    saved = net.snapshot()
+    warm_state = optimizer.init(net.params)
+    with np.errstate(all="ignore"):
+        for b in range(min(WARMUP_STEPS, per_epoch)):
+            step(xp.asarray(batch_order(len(x_train), 1, seed)[b * batch_size : (b + 1) * batch_size]), warm_state)
+    net.restore(saved)
+    net.grads[...] = 0
+
     state = optimizer.init(net.params)
-    n_batches = len(x_train) // batch_size
-    iteration = 0
-    for epoch in range(1, epochs + 1):
-        order = batch_order(len(x_train), epoch, seed)
-        losses = []
-        sync()
-        started = time.perf_counter()
-        # Overflow is how divergence shows; it is detected from the losses below, not warned.
-        with np.errstate(all="ignore"):
-            for b in range(n_batches):
-                index = order[b * batch_size : (b + 1) * batch_size]
-                loss = net.loss_and_grads(x_train[index], y_train[index], weight_decay)
-                optimizer.update(net.params, net.grads, state)
-                losses.append(loss)
-                iteration += 1
-        sync()
-        seconds = time.perf_counter() - started
-        # The losses are read back once per epoch, not once per step.
-        losses = [float(v) for v in to_numpy(get_array_module(net.params).stack(losses))]
-        for b, value in enumerate(losses):
-            log.iterations.append({"epoch": epoch, "iteration": iteration - n_batches + b + 1, "train_loss": value})
-            if on_iteration:
-                on_iteration(epoch, iteration - n_batches + b + 1, value)
-        if not all(math.isfinite(v) for v in losses):
-            log.diverged = True
-            break
-        test_loss, test_acc = evaluate(net, x_test, y_test)
-        log.epochs.append({
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "epoch_seconds": seconds,
-            "samples_per_s": n_batches * batch_size / seconds,
-        })
+    done, order, pending, seconds = 0, None, [], 0.0
+    try:
+        while done < total:
+            sync()
+            started = time.perf_counter()
+            # Overflow is how divergence shows; it is found from the losses, not warned about.
+            with np.errstate(all="ignore"):
+                while True:
+                    epoch, b = divmod(done, per_epoch)
+                    if b == 0:
+                        order = xp.asarray(batch_order(len(x_train), epoch + 1, seed))
+                    pending.append(step(order[b * batch_size : (b + 1) * batch_size], state))
+                    done += 1
+                    if on_step:
+                        on_step(done)
+                    if done == total or done % interval == 0:
+                        break
+            sync()
+            seconds += time.perf_counter() - started
+            _close_interval(log, net, pending, done, per_epoch, batch_size, seconds, x_test, y_test, on_eval)
+            pending, seconds = [], 0.0
+            if log.diverged:
+                break
+    except KeyboardInterrupt:
+        log.interrupted = True
+        if pending:
+            _record_losses(log, pending, done, per_epoch)
     return log
+
+
+def _record_losses(log: TrainLog, pending: list, done: int, per_epoch: int) -> list[float]:
+    # One read-back per interval: the losses stayed on the device until now.
+    xp = get_array_module(pending[0])
+    values = [float(v) for v in to_numpy(xp.stack(pending))]
+    first = done - len(values) + 1
+    for k, value in enumerate(values):
+        iteration = first + k
+        log.iterations.append({"epoch": (iteration - 1) // per_epoch + 1, "iteration": iteration, "train_loss": value})
+    return values
+
+
+def _close_interval(log, net, pending, done, per_epoch, batch_size, seconds, x_test, y_test, on_eval) -> None:
+    values = _record_losses(log, pending, done, per_epoch)
+    if not all(math.isfinite(v) for v in values):
+        log.diverged = True
+        return
+    test_loss, test_acc = evaluate(net, x_test, y_test)
+    record = {
+        "epoch": (done - 1) // per_epoch + 1,
+        "iteration": done,
+        "train_loss": float(np.mean(values)),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        # Seconds per epoch at the rate of this interval (the interval is an epoch by default).
+        "epoch_seconds": seconds * per_epoch / len(values),
+        "samples_per_s": len(values) * batch_size / seconds,
+    }
+    log.evaluations.append(record)
+    if on_eval:
+        on_eval(record)

@@ -30,7 +30,7 @@ def run(data, name, **hparams):
 def test_adam_learns_far_above_chance(small_mnist):
     log = run(small_mnist, "adam")
     assert not log.diverged
-    assert log.epochs[-1]["test_acc"] > 0.88  # chance is 0.10
+    assert log.evaluations[-1]["test_acc"] > 0.88  # chance is 0.10
     assert log.iterations[-1]["train_loss"] < log.iterations[0]["train_loss"] / 3
     assert len(log.iterations) == 2 * (5000 // 64)
 
@@ -48,5 +48,38 @@ def test_batches_depend_on_seed_and_epoch_only():
 
 def test_divergence_stops_and_is_marked(small_mnist):
     log = run(small_mnist, "sgd", lr=1e6)
-    assert log.diverged and log.epochs == []
+    assert log.diverged and log.evaluations == []
     assert log.iterations  # what was logged is kept
+
+
+def test_iterations_and_eval_every(small_mnist):
+    net = MLP((784, 32, 10), seed=0)
+    log = train(net, make_optimizer("adam"), *small_mnist, iterations=100, eval_every=30, batch_size=64, seed=0)
+    assert [r["iteration"] for r in log.iterations] == list(range(1, 101))
+    assert [e["iteration"] for e in log.evaluations] == [30, 60, 90, 100]
+    # 5000 // 64 = 78 batches per epoch: iteration 79 is the first of epoch 2.
+    assert log.iterations[77]["epoch"] == 1 and log.iterations[78]["epoch"] == 2
+    assert all(e["samples_per_s"] > 0 and e["epoch_seconds"] > 0 for e in log.evaluations)
+
+
+def test_warmup_leaves_no_trace(small_mnist, monkeypatch):
+    import optbench.training as training
+
+    def losses(warmup):
+        monkeypatch.setattr(training, "WARMUP_STEPS", warmup)
+        net = MLP((784, 32, 10), dropout=0.2, batchnorm=True, seed=0)
+        log = train(net, make_optimizer("adam"), *small_mnist, iterations=20, batch_size=64, seed=0)
+        return [r["train_loss"] for r in log.iterations], net.params.copy()
+
+    (plain, w_plain), (warmed, w_warmed) = losses(0), losses(3)
+    assert plain == warmed and np.array_equal(w_plain, w_warmed)
+
+
+def test_ctrl_c_keeps_what_was_logged(small_mnist):
+    def interrupt(done):
+        if done == 10:
+            raise KeyboardInterrupt
+
+    net = MLP((784, 32, 10), seed=0)
+    log = train(net, make_optimizer("sgd"), *small_mnist, epochs=1, batch_size=64, on_step=interrupt)
+    assert log.interrupted and len(log.iterations) == 10 and log.evaluations == []
