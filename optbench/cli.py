@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from optbench import surface_bench, tables
 from optbench.errors import OptbenchError
-from optbench.optimizers import OPTIMIZERS, instantiate, resolve_hparams
+from optbench.results import prepare_dir
+from optbench.optimizers import OPTIMIZERS, select_contenders
 from optbench.surfaces import SURFACES
 
 # typer raises click's exception classes (vendored since typer 0.25); reach them through the
@@ -71,20 +73,6 @@ OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")]
 
 
-def _contenders(opts: list[str] | None, hp: list[str] | None, lr: float | None) -> list[surface_bench.Contender]:
-    selected = surface_bench.select_optimizers(opts or [])
-    typed = resolve_hparams(selected, hp or [])
-    contenders = []
-    for label, cls in selected:
-        # Build each once now, so a bad hyperparameter stops the run before anything is written.
-        checked = dict(typed[label])
-        if lr is not None and "lr" not in checked:
-            checked["lr"] = lr
-        instantiate(cls, **checked)
-        contenders.append(surface_bench.Contender(label, cls, typed[label]))
-    return contenders
-
-
 @app.command("list")
 def list_command() -> None:
     """Show the optimizers (defaults, paper) and the surfaces (formula, domain, minima)."""
@@ -114,10 +102,8 @@ def surface_command(
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     if lr is not None and lr <= 0:
         raise OptbenchError(f"invalid --lr {lr} (must be > 0)")
-    contenders = _contenders(opt, hp, lr)
+    contenders = select_contenders(opt or [], hp or [], lr)
     surfaces = surface_bench.select_surfaces(fn or [])
-    from optbench.results import prepare_dir
-
     prepare_dir(out)
     written = []
     progress = Progress(
@@ -146,6 +132,126 @@ def surface_command(
             title += " — lr tuned"
         console.print(tables.surface_summary(result.summary, title))
         console.print(f"[dim]wrote {files[0].parent}/ ({', '.join(f.name for f in files)})[/]")
+
+
+@app.command("mnist")
+def mnist_command(
+    opt: OptOption = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="'all': every built-in optimizer (same as --opt all).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="mnist or fashion.")] = "mnist",
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, gpu or auto.")] = "cpu",
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate for every optimizer (default: torch's, 0.01 for sgd/momentum/nesterov).")] = None,
+    hp: HpOption = None,
+    hidden: Annotated[str, typer.Option("--hidden", help="Hidden layer widths.")] = "100,100,100,100",
+    activation: Annotated[str, typer.Option("--activation", help="relu, sigmoid or tanh.")] = "relu",
+    init: Annotated[str, typer.Option("--init", help="he, xavier or std (0.01).")] = "he",
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout probability after each hidden layer.")] = 0.0,
+    batchnorm: Annotated[bool, typer.Option("--batchnorm", help="Batch normalisation before each activation.")] = False,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="L2 penalty 0.5·wd·|W|² in the loss (weights, not biases).")] = 0.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")] = 128,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 5,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Train exactly this many steps instead of --epochs.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (default: each epoch end).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the batch order.")] = 0,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training images.")] = None,
+    test_size: Annotated[Optional[int], typer.Option("--test-size", help="Use only the first N test images.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: dataset-device-time).")] = None,
+    out: OutOption = Path("results"),
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw loss.png, accuracy.png, time.png.")] = True,
+    quiet: QuietOption = False,
+) -> None:
+    """Train the MLP on MNIST or Fashion-MNIST with each optimizer; compare curves, accuracy, time."""
+    from optbench import backend, datasets, mnist_bench
+    from optbench.mlp import ACTIVATIONS, INITS
+
+    if compare not in (None, "all"):
+        raise OptbenchError(f"--compare {compare!r}: only 'all' (or list optimizers with --opt)")
+    if lr is not None and lr <= 0:
+        raise OptbenchError(f"invalid --lr {lr} (must be > 0)")
+    if activation not in ACTIVATIONS:
+        raise OptbenchError(f"unknown --activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
+    if init not in INITS:
+        raise OptbenchError(f"unknown --init {init!r} (choose from {', '.join(INITS)})")
+    if not 0 <= dropout < 1:
+        raise OptbenchError(f"invalid --dropout {dropout} (must be in [0, 1))")
+    datasets.get_spec(dataset)
+    config = mnist_bench.MnistConfig(
+        dataset=dataset, hidden=mnist_bench.parse_hidden(hidden), activation=activation, init=init, dropout=dropout,
+        batchnorm=batchnorm, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, iterations=iterations,
+        eval_every=eval_every, seed=seed, train_size=train_size, test_size=test_size,
+    )
+    config.check()
+    contenders = select_contenders((opt or []) + (["all"] if compare else []), hp or [], lr, default="adam")
+    chosen = backend.select_device(device)
+    folder = prepare_dir(out / "mnist" / (name or mnist_bench.default_run_name(config, chosen)))
+    started = datetime.now().isoformat(timespec="seconds")
+    if not quiet:
+        err_console.print(f"[dim]{dataset} on {chosen.name} ({chosen.facts.get('device_name')}), writing {folder}[/]")
+    data = mnist_bench.load_data(config, data_dir, chosen)
+    if len(data[0]) < config.batch_size:
+        raise OptbenchError(f"--batch-size {config.batch_size} is larger than the training set ({len(data[0])} images)")
+    per_epoch = len(data[0]) // config.batch_size
+    total = config.iterations or config.epochs * per_epoch
+    runs: list = []
+    progress = Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err_console, transient=False, disable=quiet,
+    )
+    status = "finished"
+    with progress:
+        for contender in contenders:
+            task = progress.add_task(contender.label, total=total, info="")
+
+            def on_step(done, task=task):
+                progress.update(task, completed=done)
+
+            def on_eval(record, task=task):
+                progress.update(task, info=f"epoch {record['epoch']}  loss {record['train_loss']:.3f}  acc {100 * record['test_acc']:.2f}%  {record['samples_per_s']:,.0f} samples/s")
+
+            run = mnist_bench.train_optimizer(contender.label, contender.cls, contender.hparams, config, data, chosen,
+                                              lr=lr, on_step=on_step, on_eval=on_eval)
+            runs.append(run)
+            if run.log.interrupted:
+                status = "interrupted"
+            meta = mnist_bench.manifest(config, chosen, runs, status if status == "interrupted" else "running", started)
+            if status == "interrupted":
+                break
+            mnist_bench.write_run(folder, runs, meta, plot=False)
+    meta = mnist_bench.manifest(config, chosen, runs, status, started)
+    written = mnist_bench.write_run(folder, runs, meta, plot=plot)
+    summary = mnist_bench.read_runs([folder])[2]
+    if not quiet:
+        console.print(tables.mnist_summary(summary, f"{dataset}, {'-'.join(map(str, (784, *config.hidden, 10)))}, batch {config.batch_size}, {chosen.name}"))
+        console.print(f"[dim]wrote {folder}/ ({', '.join(p.name for p in written)})[/]")
+    if status == "interrupted":
+        err_console.print(f"[yellow]interrupted[/]: kept what was trained, in {folder}")
+        raise typer.Exit(130)
+
+
+@app.command("report")
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by optbench mnist.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to draw the plots (default: the run folder, or results/mnist/report for several).")] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Redraw loss.png, accuracy.png, time.png.")] = True,
+) -> None:
+    """Tables and plots again from saved runs, without training; CPU vs GPU when both are there."""
+    from optbench import mnist_bench
+
+    curves, epochs, summary, _ = mnist_bench.read_runs(runs)
+    summary = mnist_bench.sort_summary(summary)
+    console.print(tables.mnist_summary(summary, f"{len(runs)} run(s): {', '.join(p.name for p in runs)}"))
+    comparison = mnist_bench.device_comparison(summary)
+    if comparison is not None:
+        console.print(tables.device_comparison(comparison))
+    if plot:
+        target = prepare_dir(out or (runs[0] if len(runs) == 1 else Path("results") / "mnist" / "report"))
+        written = mnist_bench.draw_run_plots(target, curves, epochs, summary)
+        if comparison is not None:
+            from optbench.results import write_csv
+
+            written.append(write_csv(comparison, target / "devices.csv"))
+        console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
 
 
 data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -582,3 +583,35 @@ def resolve_hparams(selected: list[tuple[str, type]], pairs: list[str]) -> dict[
         own = {k: v for k, v in raw[label].items() if k not in bare}
         typed[label] = {**hparams_for(cls, shared, strict=False), **hparams_for(cls, own, strict=True)}
     return typed
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One optimizer as the user chose it: its label, class and typed hyperparameters."""
+
+    label: str
+    cls: type
+    hparams: dict
+
+
+def select_optimizers(specs: list[str], default: str = "all") -> list[tuple[str, type]]:
+    """(label, class) for each `--opt`, in order, with `all` expanded and duplicates dropped."""
+    chosen: dict[str, type] = {}
+    for spec in specs or [default]:
+        pairs = OPTIMIZERS.items() if spec == "all" else [(None, optimizer_class(spec))]
+        for label, cls in pairs:
+            chosen.setdefault(label or optimizer_label(cls), cls)
+    return list(chosen.items())
+
+
+def select_contenders(specs: list[str], pairs: list[str], lr: float | None = None, default: str = "all") -> list[Contender]:
+    """The optimizers a command runs, with typed `--hp` values, each built once now so that a
+    bad hyperparameter stops the run before anything is written."""
+    selected = select_optimizers(specs, default)
+    typed = resolve_hparams(selected, pairs)
+    for label, cls in selected:
+        checked = dict(typed[label])
+        if lr is not None and "lr" not in checked:
+            checked["lr"] = lr
+        instantiate(cls, **checked)
+    return [Contender(label, cls, typed[label]) for label, cls in selected]

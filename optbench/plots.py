@@ -102,10 +102,7 @@ def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.
     ax.set_title(_title(surface, trajectories), fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
               title="optimizer (lr); ● end, ✕ diverged", title_fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
@@ -139,3 +136,75 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
         movie.save(tmp, writer=animation.PillowWriter(fps=12), dpi=60)
     plt.close(fig)
     return Path(path)
+
+
+def _series_label(optimizer: str, device: str, devices: set) -> str:
+    return f"{optimizer} ({device})" if len(devices) > 1 else optimizer
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Train loss per iteration, smoothed by a running mean, one line per optimizer (and device)."""
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    devices = set(curves["device"])
+    palette = optimizer_colors(dict.fromkeys(curves["optimizer"]))
+    for (optimizer, device), df in curves.groupby(["optimizer", "device"], sort=False):
+        df = df.sort_values("iteration")
+        window = max(1, len(df) // 60)
+        smooth = df["train_loss"].rolling(window, min_periods=1).mean()
+        ax.plot(df["iteration"], smooth, color=palette[optimizer], linestyle="-" if device == "cpu" else "--",
+                linewidth=1.4, label=_series_label(optimizer, device, devices))
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("train loss (running mean)")
+    ax.set_title("Training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def save_accuracy(epochs: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy at each evaluation, one line per optimizer (and device)."""
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    devices = set(epochs["device"])
+    palette = optimizer_colors(dict.fromkeys(epochs["optimizer"]))
+    groups = list(epochs.groupby(["optimizer", "device"], sort=False))
+    # One evaluation per epoch: plot against epochs; with --eval-every, against iterations.
+    x = "epoch" if all(df["epoch"].is_unique for _, df in groups) else "iteration"
+    for (optimizer, device), df in groups:
+        df = df.sort_values("iteration")
+        ax.plot(df[x], 100 * df["test_acc"], marker="o", markersize=4,
+                color=palette[optimizer], linestyle="-" if device == "cpu" else "--",
+                label=_series_label(optimizer, device, devices))
+    ax.set_xlabel(x)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def save_epoch_times(summary: pd.DataFrame, path: Path) -> Path:
+    """Seconds per epoch of training steps, per optimizer, one bar per device."""
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    optimizers = list(dict.fromkeys(summary["optimizer"]))
+    devices = sorted(set(summary["device"]))
+    width = 0.8 / len(devices)
+    for k, device in enumerate(devices):
+        per = summary[summary["device"] == device].set_index("optimizer")["mean_epoch_seconds"]
+        values = [per.get(o, np.nan) for o in optimizers]
+        ax.bar(np.arange(len(optimizers)) + (k - (len(devices) - 1) / 2) * width, values, width, label=device)
+    ax.set_xticks(np.arange(len(optimizers)), optimizers, rotation=30, ha="right")
+    ax.set_ylabel("seconds per epoch (training steps only)")
+    ax.set_title("Time per epoch")
+    if len(devices) > 1:
+        ax.set_yscale("log")
+    ax.legend(title="device", frameon=False)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)

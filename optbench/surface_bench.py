@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from optbench import results
-from optbench.optimizers import OPTIMIZERS, instantiate, optimizer_class, optimizer_label
+from optbench.optimizers import OPTIMIZERS, Contender, instantiate
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
 from optbench.trajectories import TUNE_GRID, distance_to_minimum, run, steps_to_tol, tune_lr
@@ -23,25 +23,6 @@ SUMMARY_COLUMNS = [
     "surface", "optimizer", "lr", "steps", "final_x", "final_y", "final_loss", "gap",
     "dist_to_min", "steps_to_tol", "diverged",
 ]
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One optimizer as the user chose it: its label, class and typed hyperparameters."""
-
-    label: str
-    cls: type
-    hparams: dict
-
-
-def select_optimizers(specs: list[str]) -> list[tuple[str, type]]:
-    """(label, class) for each `--opt`, in order, with `all` expanded and duplicates dropped."""
-    chosen: dict[str, type] = {}
-    for spec in specs or ["all"]:
-        pairs = OPTIMIZERS.items() if spec == "all" else [(None, optimizer_class(spec))]
-        for label, cls in pairs:
-            chosen.setdefault(label or optimizer_label(cls), cls)
-    return list(chosen.items())
 
 
 def select_surfaces(names: list[str]) -> list[Surface]:

@@ -66,3 +66,46 @@ def surfaces_table() -> Table:
             minima, "unbounded below" if s.min_value is None else f"{s.min_value:.10g}",
         )
     return table
+
+
+def mnist_summary(summary: pd.DataFrame, title: str) -> Table:
+    """Best test accuracy first, with the time columns; diverged or interrupted rows marked."""
+    several_devices = summary["device"].nunique() > 1
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    names = (["device"] if several_devices else []) + ["lr", "epochs", "best %", "final %", "loss", "s/epoch", "samples/s"]
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    for rank, row in enumerate(summary.itertuples(), start=1):
+        status = getattr(row, "status", "finished")
+        label = row.optimizer if status == "finished" else f"{row.optimizer} ({status})"
+        table.add_row(
+            str(rank), label, *([row.device] if several_devices else []), _number(row.lr, 3), _number(row.epochs, 3),
+            _percent(row.best_test_acc), _percent(row.final_test_acc), _number(row.final_train_loss, 3),
+            _number(row.mean_epoch_seconds, 3), _thousands(row.samples_per_s),
+            style="red" if row.diverged else ("yellow" if status == "interrupted" else None),
+        )
+    return table
+
+
+def device_comparison(table_frame: pd.DataFrame) -> Table:
+    table = Table(title="CPU vs GPU (training steps only)", title_justify="left", header_style="bold")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    for name in ("cpu samples/s", "gpu samples/s", "gpu speed-up", "cpu s/epoch", "gpu s/epoch", "cpu acc %", "gpu acc %"):
+        table.add_column(name, justify="right")
+    for row in table_frame.itertuples():
+        table.add_row(
+            row.optimizer, _thousands(row.cpu_samples_per_s), _thousands(row.gpu_samples_per_s),
+            f"{row.gpu_speedup:.2f}×", _number(row.cpu_epoch_seconds, 3), _number(row.gpu_epoch_seconds, 3),
+            _percent(row.cpu_best_test_acc), _percent(row.gpu_best_test_acc),
+        )
+    return table
+
+
+def _percent(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{100 * value:.2f}"
+
+
+def _thousands(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:,.0f}"
