@@ -1,0 +1,51 @@
+"""NumPy and CuPy agree: the same optimizers, network and training on both array modules.
+
+Skipped, with the reason, on machines without CuPy and a CUDA device (CI has none)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optbench.backend import _gpu_unavailable_reason, select_device
+
+reason = _gpu_unavailable_reason()
+pytestmark = pytest.mark.skipif(reason is not None, reason=f"no GPU for the CuPy path: {reason}")
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "amsgrad", "nadam", "radam", "adamax"])
+def test_optimizer_steps_agree_on_numpy_and_cupy(name):
+    import cupy
+
+    from optbench.optimizers import make_optimizer
+
+    rng = np.random.default_rng(0)
+    p_cpu = rng.standard_normal(1000).astype(np.float32)
+    p_gpu = cupy.asarray(p_cpu)
+    opt = make_optimizer(name)
+    s_cpu, s_gpu = opt.init(p_cpu), opt.init(p_gpu)
+    for _ in range(20):
+        g = rng.standard_normal(1000).astype(np.float32)
+        opt.update(p_cpu, g, s_cpu)
+        opt.update(p_gpu, cupy.asarray(g), s_gpu)
+    assert p_gpu.dtype == cupy.float32
+    np.testing.assert_allclose(cupy.asnumpy(p_gpu), p_cpu, rtol=1e-5, atol=1e-6)
+
+
+def test_training_agrees_on_cpu_and_gpu_for_the_first_steps():
+    from optbench.mlp import MLP
+    from optbench.optimizers import make_optimizer
+    from optbench.training import train
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 2000)
+    losses = {}
+    for kind in ("cpu", "gpu"):
+        device = select_device(kind)
+        xp = device.xp
+        data = [xp.asarray(a) for a in (x, y, x[:500], y[:500])]
+        net = MLP((784, 100, 100, 10), seed=0, xp=xp)
+        log = train(net, make_optimizer("adam"), *data, iterations=20, batch_size=128, sync=device.sync)
+        losses[kind] = [r["train_loss"] for r in log.iterations]
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-4)

@@ -1,0 +1,152 @@
+"""`optbench mnist` and `optbench report` end to end with CliRunner, on a slice of real MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench import datasets, mnist_bench
+from optbench.backend import gpu_available
+from optbench.cli import app
+from optbench.errors import OptbenchError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def mnist_available():
+    try:
+        datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+SMALL = ["--train-size", "3000", "--test-size", "1000", "--hidden", "64,32", "--batch-size", "100"]
+
+
+def test_mnist_writes_every_file(tmp_path, mnist_available):
+    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--epochs", "2", "--out", tmp_path, "--name", "run")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "mnist" / "run"
+    curves = pd.read_csv(folder / "curves.csv")
+    epochs = pd.read_csv(folder / "epochs.csv")
+    summary = pd.read_csv(folder / "summary.csv")
+    assert list(curves.columns) == mnist_bench.CURVE_COLUMNS
+    assert list(epochs.columns) == mnist_bench.EPOCH_COLUMNS
+    assert list(summary.columns) == mnist_bench.SUMMARY_COLUMNS
+    # 3000 / 100 = 30 steps per epoch, 2 epochs, logged every iteration for both optimizers.
+    assert curves.groupby("optimizer")["iteration"].agg(list).map(lambda it: it == list(range(1, 61))).all()
+    assert sorted(epochs[epochs["optimizer"] == "adam"]["epoch"]) == [1, 2]
+    assert set(summary["device"]) == {"cpu"} and set(summary["status"]) == {"finished"}
+    # Best test accuracy first; Adam learns far above chance (10 %) even on this slice.
+    assert summary["best_test_acc"].is_monotonic_decreasing
+    adam = summary.set_index("optimizer").loc["adam"]
+    assert adam["best_test_acc"] > 0.8 and adam["lr"] == 1e-3
+    assert summary.set_index("optimizer").loc["sgd", "lr"] == 0.01
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["config"]["hidden"] == [64, 32]
+    assert manifest["optimizers"]["adam"]["beta2"] == 0.999 and manifest["device"]["numpy"] == np.__version__
+    for name in ("loss.png", "accuracy.png", "time.png"):
+        assert (folder / name).stat().st_size > 10_000
+
+
+def test_every_optimizer_starts_from_the_same_weights_and_batches(tmp_path, mnist_available):
+    # momentum with momentum=0 is sgd: identical curves prove the same start and the same batches.
+    result = invoke("mnist", "--opt", "sgd", "--opt", "momentum", "--hp", "momentum.momentum=0", *SMALL,
+                    "--iterations", "25", "--out", tmp_path, "--name", "same", "--no-plot", "-q")
+    assert result.exit_code == 0, result.output
+    curves = pd.read_csv(tmp_path / "mnist" / "same" / "curves.csv")
+    sgd = curves[curves["optimizer"] == "sgd"]["train_loss"].to_numpy()
+    momentum = curves[curves["optimizer"] == "momentum"]["train_loss"].to_numpy()
+    assert len(sgd) == 25 and np.array_equal(sgd, momentum)
+
+
+def test_eval_every_and_report_redraws_from_saved_csvs(tmp_path, mnist_available):
+    result = invoke("mnist", "--opt", "adam", *SMALL, "--iterations", "40", "--eval-every", "15", "--out", tmp_path, "--name", "a", "--no-plot", "-q")
+    assert result.exit_code == 0, result.output
+    epochs = pd.read_csv(tmp_path / "mnist" / "a" / "epochs.csv")
+    assert epochs["iteration"].tolist() == [15, 30, 40]
+    report = invoke("report", tmp_path / "mnist" / "a")
+    assert report.exit_code == 0, report.output
+    assert "adam" in report.output
+    assert (tmp_path / "mnist" / "a" / "accuracy.png").exists()
+
+
+def test_report_combines_cpu_and_gpu_runs(tmp_path):
+    # Two saved runs, written by hand as a CPU and a GPU run would be.
+    for device, rate in (("cpu", 1000.0), ("gpu", 8000.0)):
+        folder = tmp_path / device
+        folder.mkdir()
+        pd.DataFrame([[o, device, 1, i, 1.0 / i] for o in ("adam", "sgd") for i in (1, 2)], columns=mnist_bench.CURVE_COLUMNS).to_csv(folder / "curves.csv", index=False)
+        pd.DataFrame([[o, device, 1, 0.5, 0.4, 0.9, 60000 / rate, rate, 2] for o in ("adam", "sgd")], columns=mnist_bench.EPOCH_COLUMNS).to_csv(folder / "epochs.csv", index=False)
+        pd.DataFrame([[o, device, 0.001, 1, 0.9, 0.9, 0.5, 60000 / rate, rate, False, "finished"] for o in ("adam", "sgd")], columns=mnist_bench.SUMMARY_COLUMNS).to_csv(folder / "summary.csv", index=False)
+    result = invoke("report", tmp_path / "cpu", tmp_path / "gpu", "--out", tmp_path / "both")
+    assert result.exit_code == 0, result.output
+    assert "CPU vs GPU" in result.output and "8.00×" in result.output
+    devices = pd.read_csv(tmp_path / "both" / "devices.csv")
+    assert devices["gpu_speedup"].tolist() == [8.0, 8.0]
+
+
+def test_report_names_a_folder_that_is_not_a_run(tmp_path):
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 2 and "not an optbench mnist run folder" in result.output
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a GPU: the missing-GPU error cannot be shown")
+def test_device_gpu_without_cupy_says_what_to_install(tmp_path):
+    result = invoke("mnist", "--device", "gpu", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "cupy-cuda12x" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--dataset", "cifar"], "choose from mnist, fashion"),
+        (["--device", "tpu"], "choose from cpu, gpu, auto"),
+        (["--hidden", "100,x"], "--hidden"),
+        (["--activation", "gelu"], "relu, sigmoid, tanh"),
+        (["--dropout", "1.5"], "--dropout"),
+        (["--compare", "some"], "--compare"),
+        (["--opt", "adam", "--hp", "beta1=2"], "beta1"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
+    result = invoke("mnist", *args, "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch):
+    import optbench.training as training
+
+    real_train = training.train
+
+    def train_then_ctrl_c(*args, **kwargs):
+        step = kwargs["on_step"]
+
+        def interrupting(done):
+            step(done)
+            if done == 12:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_step": interrupting})
+
+    monkeypatch.setattr(mnist_bench, "train", train_then_ctrl_c)
+    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--out", tmp_path, "--name", "cut", "--no-plot")
+    assert result.exit_code == 130
+    folder = tmp_path / "mnist" / "cut"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary["optimizer"].tolist() == ["adam"] and summary["status"].tolist() == ["interrupted"]
+    assert len(pd.read_csv(folder / "curves.csv")) == 12
