@@ -22,6 +22,9 @@ figures: install
 	$(BIN)/optbench surface --opt all $(addprefix --fn ,$(README_SURFACES)) --out results --quiet
 	mkdir -p docs/img
 	for s in $(README_SURFACES); do cp results/surface/$$s/trajectories.png docs/img/$$s.png; done
+	$(BIN)/optbench mnist --compare all --name readme --out results --quiet
+	cp results/mnist/readme/loss.png docs/img/mnist_loss.png
+	cp results/mnist/readme/accuracy.png docs/img/mnist_accuracy.png
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
