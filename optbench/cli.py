@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optbench import surface_bench, tables
 from optbench.errors import OptbenchError
@@ -71,6 +71,9 @@ HpOption = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")]
+DataDirOption = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")
+]
 
 
 @app.command("list")
@@ -108,7 +111,7 @@ def surface_command(
     written = []
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=quiet,
+        console=err_console, transient=True, disable=quiet or not err_console.is_terminal,
     )
     try:
         with progress:
@@ -139,7 +142,7 @@ def mnist_command(
     opt: OptOption = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="'all': every built-in optimizer (same as --opt all).")] = None,
     dataset: Annotated[str, typer.Option("--dataset", help="mnist or fashion.")] = "mnist",
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")] = None,
+    data_dir: DataDirOption = None,
     device: Annotated[str, typer.Option("--device", help="cpu, gpu or auto.")] = "cpu",
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate for every optimizer (default: torch's, 0.01 for sgd/momentum/nesterov).")] = None,
     hp: HpOption = None,
@@ -188,7 +191,8 @@ def mnist_command(
     started = datetime.now().isoformat(timespec="seconds")
     if not quiet:
         err_console.print(f"[dim]{dataset} on {chosen.name} ({chosen.facts.get('device_name')}), writing {folder}[/]")
-    data = mnist_bench.load_data(config, data_dir, chosen)
+    with _download_progress(quiet) as downloads:
+        data = mnist_bench.load_data(config, data_dir, chosen, progress=_download_reporter(downloads), notify=_warn)
     if len(data[0]) < config.batch_size:
         raise OptbenchError(f"--batch-size {config.batch_size} is larger than the training set ({len(data[0])} images)")
     per_epoch = len(data[0]) // config.batch_size
@@ -196,7 +200,7 @@ def mnist_command(
     runs: list = []
     progress = Progress(
         TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=err_console, transient=False, disable=quiet,
+        TimeElapsedColumn(), console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
     )
     status = "finished"
     with progress:
@@ -257,9 +261,27 @@ def report_command(
 data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DataDirOption = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")
-]
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _download_progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=quiet or not err_console.is_terminal,
+    )
+
+
+def _download_reporter(progress: Progress):
+    """A `datasets` progress callback: one bar per file being downloaded."""
+    tasks: dict[str, int] = {}
+
+    def report(filename: str, done: int, total: int) -> None:
+        if filename not in tasks:
+            tasks[filename] = progress.add_task(filename, total=total or None)
+        progress.update(tasks[filename], completed=done)
+
+    return report
 
 
 @data_app.command("fetch")
@@ -273,20 +295,11 @@ def data_fetch_command(
 
     for name in names or list(datasets.DATASETS):
         datasets.get_spec(name)
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=quiet,
-    )
+    progress = _download_progress(quiet)
     with progress:
-        tasks: dict[str, int] = {}
-
-        def report(filename: str, done: int, total: int) -> None:
-            if filename not in tasks:
-                tasks[filename] = progress.add_task(filename, total=total or None)
-            progress.update(tasks[filename], completed=done)
-
+        report = _download_reporter(progress)
         for name in names or list(datasets.DATASETS):
-            x_train, _, x_test, _ = datasets.load(name, data_dir, progress=report)
+            x_train, _, x_test, _ = datasets.load(name, data_dir, progress=report, notify=_warn)
             folder = datasets.data_root(data_dir) / name
             if not quiet:
                 console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {folder}")

@@ -125,7 +125,7 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _find_verified(folder: Path, filename: str, sha256: str) -> bytes | None:
+def _find_verified(folder: Path, filename: str, sha256: str, notify: Callable | None = None) -> bytes | None:
     """The uncompressed bytes of `filename` (raw or .gz) in `folder` when its checksum is right.
 
     A file that is there but wrong is removed, so that the next fetch replaces it.
@@ -139,19 +139,28 @@ def _find_verified(folder: Path, filename: str, sha256: str) -> bytes | None:
             data = b""
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
+        if notify:
+            notify(f"{candidate} is corrupt, truncated or the wrong file (SHA-256 mismatch): removed, fetching it again")
         candidate.unlink()
     return None
 
 
-def missing_parts(spec: DatasetSpec, folder: Path) -> list[str]:
-    return [part for part in PARTS if _find_verified(folder, _FILENAMES[part], spec.sha256[part]) is None]
+def missing_parts(spec: DatasetSpec, folder: Path, notify: Callable | None = None) -> list[str]:
+    return [part for part in PARTS if _find_verified(folder, _FILENAMES[part], spec.sha256[part], notify) is None]
 
 
-def load(name: str, data_dir: Path | str | None = None, *, fetch_missing: bool = True, progress: Callable | None = None):
+def load(
+    name: str,
+    data_dir: Path | str | None = None,
+    *,
+    fetch_missing: bool = True,
+    progress: Callable | None = None,
+    notify: Callable[[str], None] | None = None,
+):
     """(x_train, y_train, x_test, y_test): images float32 in [0, 1] of shape (n, 784), labels int64.
 
-    Reads the `.npy` cache when it is there, else the verified IDX files (fetching missing ones
-    when `fetch_missing`), and writes the cache.
+    Reads the `.npz` cache when it is there, else the verified IDX files (fetching missing ones
+    when `fetch_missing`), and writes the cache. `notify(message)` hears of files replaced.
     """
     spec = get_spec(name)
     folder = data_root(data_dir) / spec.name
@@ -163,7 +172,7 @@ def load(name: str, data_dir: Path | str | None = None, *, fetch_missing: bool =
                     return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache is rebuilt from the verified files below
-    missing = missing_parts(spec, folder)
+    missing = missing_parts(spec, folder, notify)
     if missing:
         if not fetch_missing:
             raise OptbenchError(f"{spec.name}: missing {', '.join(missing)} in {folder}; run `optbench data fetch {spec.name}`")

@@ -82,9 +82,9 @@ def default_mnist_lr(label: str, cls: type) -> float:
     return float(getattr(cls, "defaults", {}).get("lr", 1e-3))
 
 
-def load_data(config: MnistConfig, data_dir, device: Device, progress=None):
+def load_data(config: MnistConfig, data_dir, device: Device, progress=None, notify=None):
     """Train and test arrays on the device, cut to the requested sizes."""
-    x_train, y_train, x_test, y_test = datasets.load(config.dataset, data_dir, progress=progress)
+    x_train, y_train, x_test, y_test = datasets.load(config.dataset, data_dir, progress=progress, notify=notify)
     n_train, n_test = config.train_size or len(x_train), config.test_size or len(x_test)
     xp = device.xp
     return tuple(

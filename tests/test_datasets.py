@@ -164,3 +164,13 @@ def test_cli_data_fetch(tiny_dataset):
     assert "12 train and 5 test images, verified" in result.output
     bad = CliRunner().invoke(app, ["data", "fetch", "cifar", "--data-dir", str(root)])
     assert bad.exit_code == 2 and "choose from" in bad.output
+
+
+def test_a_replaced_file_is_named(tiny_dataset):
+    arrays, root, _ = tiny_dataset
+    folder = root / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b truncated")
+    messages = []
+    datasets.load("tiny", root, notify=messages.append)
+    assert len(messages) == 1 and "train-labels-idx1-ubyte.gz" in messages[0] and "SHA-256" in messages[0]
