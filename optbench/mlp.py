@@ -92,7 +92,15 @@ class MLP:
                 self.p[f"gamma{i}"][...] = 1
                 self.running[f"mean{i}"] = self.xp.zeros(fan_out, dtype=self.dtype)
                 self.running[f"var{i}"] = self.xp.ones(fan_out, dtype=self.dtype)
-        self._dropout_rng = np.random.default_rng(seed + 1)
+        self._dropout_seed = seed + 1
+        self._dropout_rng = self._new_dropout_rng()
+
+    def _new_dropout_rng(self):
+        # Masks are drawn where the activations live: a host draw would copy to the GPU, and
+        # wait for it, on every step. CPU and GPU masks therefore differ (their weights do not).
+        if self.xp is np:
+            return np.random.default_rng(self._dropout_seed)
+        return self.xp.random.RandomState(self._dropout_seed)
 
     def forward(self, x):
         """Logits for a batch `x` (n, sizes[0]); caches what backward needs."""
@@ -115,13 +123,18 @@ class MLP:
                 a = xp.tanh(z)
             layer["z"], layer["a"] = z, a
             if self.training and self.dropout > 0:
-                keep = self._dropout_rng.random(a.shape) >= self.dropout
-                mask = xp.asarray(keep, dtype=self.dtype) / self.dtype.type(1 - self.dropout)
+                keep = self._draw_uniform(a.shape) >= self.dropout
+                mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
                 layer["mask"] = mask
                 a = a * mask
             self._cache.append(layer)
             h = a
         raise AssertionError("unreachable")
+
+    def _draw_uniform(self, shape):
+        if isinstance(self._dropout_rng, np.random.Generator):
+            return self._dropout_rng.random(shape, dtype=np.float32)
+        return self._dropout_rng.random_sample(shape, dtype=self.dtype)
 
     def _batchnorm_forward(self, i, z, layer):
         xp = self.xp
@@ -182,15 +195,21 @@ class MLP:
 
     def snapshot(self):
         """Everything training changes besides the optimizer state: weights, running
-        statistics, the dropout generator. `restore` puts it back (used after warm-up steps)."""
+        statistics, the dropout generator. `restore` puts it back (used after the warm-up steps
+        that precede training; on CuPy the generator goes back to its seeded start)."""
         running = {k: v.copy() for k, v in self.running.items()}
-        return self.params.copy(), running, self._dropout_rng.bit_generator.state
+        # CuPy's generator cannot hand out its state: None means "back to its seeded start".
+        rng_state = self._dropout_rng.bit_generator.state if self.xp is np else None
+        return self.params.copy(), running, rng_state
 
     def restore(self, snapshot) -> None:
         params, running, rng_state = snapshot
         self.params[...] = params
         self.running = {k: v.copy() for k, v in running.items()}
-        self._dropout_rng.bit_generator.state = rng_state
+        if rng_state is None:
+            self._dropout_rng = self._new_dropout_rng()
+        else:
+            self._dropout_rng.bit_generator.state = rng_state
 
     def predict(self, x):
         training, self.training = self.training, False
