@@ -218,10 +218,9 @@ def mnist_command(
             runs.append(run)
             if run.log.interrupted:
                 status = "interrupted"
-            meta = mnist_bench.manifest(config, chosen, runs, status if status == "interrupted" else "running", started)
-            if status == "interrupted":
                 break
-            mnist_bench.write_run(folder, runs, meta, plot=False)
+            # Written as each optimizer finishes, so that a later crash loses nothing finished.
+            mnist_bench.write_run(folder, runs, mnist_bench.manifest(config, chosen, runs, "running", started), plot=False)
     meta = mnist_bench.manifest(config, chosen, runs, status, started)
     written = mnist_bench.write_run(folder, runs, meta, plot=plot)
     summary = mnist_bench.read_runs([folder])[2]
