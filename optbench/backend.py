@@ -56,6 +56,12 @@ def _gpu_unavailable_reason() -> str | None:
             return "CuPy finds no CUDA device"
     except Exception as exc:
         return f"CuPy finds no usable CUDA device ({exc})"
+    try:
+        # A kernel and a matrix product: these need NVRTC and cuBLAS, which the driver alone lacks.
+        a = cupy.arange(4, dtype=cupy.float32)
+        float((a + 1) @ a)
+    except Exception as exc:
+        return f"CuPy cannot run kernels here (is the CUDA toolkit installed? {type(exc).__name__}: {exc})"
     return None
 
 
@@ -102,6 +108,9 @@ def gpu_facts() -> dict:
         "cpu_name": _cpu_model(),
         "cupy": cupy.__version__,
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
+        # TF32 matrix products change both results and timings.
+        "cupy_tf32": os.environ.get("CUPY_TF32", "0"),
         "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
     }
 

