@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 
 README_SURFACES := bowl rosenbrock himmelblau saddle
 
-.PHONY: install test figures clean
+.PHONY: install test regress baselines figures clean
 
 install: $(BIN)/optbench
 
@@ -16,6 +16,15 @@ $(BIN)/optbench: pyproject.toml
 
 test: install
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+	$(BIN)/optbench regress
+
+# The convergence numbers of benchmarks/suites/ against their committed baselines.
+regress: install
+	$(BIN)/optbench regress
+
+# Rewrite the baselines after an intended change (review the diff before committing it).
+baselines: install
+	$(BIN)/optbench regress --update
 
 # Redraw the pictures the README shows (the only results committed, under docs/img/).
 figures: install

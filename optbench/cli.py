@@ -257,6 +257,51 @@ def report_command(
         console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
 
 
+@app.command("regress")
+def regress_command(
+    suite: Annotated[
+        Optional[list[Path]], typer.Option("--suite", help="Suite file (TOML), repeatable. Default: benchmarks/suites/*.toml.")
+    ] = None,
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the baselines from a fresh run and say what changed.")] = False,
+    out: OutOption = Path("results"),
+    show_all: Annotated[bool, typer.Option("--all", help="List every metric, not only the ones that fail.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Rerun the regression suites and compare with their baselines: exit 0 ok, 1 regression, 2 bad input."""
+    import pandas as pd
+
+    from optbench import regress
+
+    suites = [regress.load_suite(path) for path in (suite or regress.default_suites())]
+    if update:
+        for s in suites:
+            changed = regress.write_baseline(s, regress.measure(s))
+            console.print(f"{s.name}: wrote {s.baseline_path} ({len(changed)} value(s) changed)")
+            if len(changed) and not quiet:
+                console.print(tables.baseline_changes(changed.head(40), f"{s.name}: changed values (first 40)"))
+        return
+    baselines = [regress.read_baseline(s) for s in suites]  # every baseline checked before any run
+    comparisons = []
+    for s, baseline in zip(suites, baselines):
+        if not quiet:
+            err_console.print(f"[dim]running suite {s.name} ({s.path})[/]")
+        comparisons.append(regress.compare(s, baseline, regress.RUNNERS[s.kind](s, None)))
+    comparison = pd.concat(comparisons, ignore_index=True)
+    comparison = comparison.sort_values("status", key=lambda c: c.ne("FAIL") * 2 + c.eq("ok"), kind="stable")
+    from optbench.results import write_csv
+
+    path = write_csv(comparison, prepare_dir(out / "regress") / "comparison.csv")
+    failed = comparison[comparison["status"] != "ok"]
+    shown = comparison if show_all else failed
+    if not quiet and len(shown):
+        console.print(tables.regression(shown, "Regression check" + ("" if show_all else ": metrics outside tolerance")))
+    summary = f"{len(comparison) - len(failed)} of {len(comparison)} metrics within tolerance ({', '.join(s.name for s in suites)}); wrote {path}"
+    if len(failed):
+        err_console.print(f"[red]regression[/]: {len(failed)} metric(s) outside tolerance or missing; {summary}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: {summary}")
+
+
 data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

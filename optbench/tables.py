@@ -109,3 +109,24 @@ def _percent(value) -> str:
 
 def _thousands(value) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:,.0f}"
+
+
+def regression(comparison: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name, justify in (("suite", "left"), ("case", "left"), ("metric", "left"), ("baseline", "right"),
+                          ("now", "right"), ("delta", "right"), ("tolerance", "right"), ("status", "left")):
+        table.add_column(name, justify=justify, no_wrap=name in ("case", "metric", "status"))
+    for row in comparison.itertuples():
+        color = "green" if row.status == "ok" else "red"
+        table.add_row(row.suite, row.case, row.metric, _number(row.baseline, 6), _number(row.now, 6),
+                      _number(row.delta, 3), _number(row.tolerance, 3), f"[{color}]{row.status}[/]")
+    return table
+
+
+def baseline_changes(changed: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("case", "metric", "old", "new"):
+        table.add_column(name, justify="left" if name in ("case", "metric") else "right")
+    for row in changed.itertuples():
+        table.add_row(row.case, row.metric, _number(row.old, 6), _number(row.new, 6))
+    return table

@@ -1,0 +1,248 @@
+"""Regression suites: rerun fixed experiments and compare their numbers with committed baselines.
+
+A suite is a TOML file (see benchmarks/suites/) naming what to run and the tolerance of each
+metric; its baseline is a CSV beside it with one row per case and metric:
+`case, metric, value, spread`. `spread` is how far the metric moved when the run was repeated
+with its starting point nudged by one ulp (start point on a surface, initial weights of the
+network): the size of the change a different BLAS or platform can cause on that case. A metric
+passes when
+
+    |now - baseline| <= abs + rel * |baseline| + spread_factor * spread
+
+Same suite, same machine: bitwise the same numbers, so an unchanged tree always passes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from optbench import results
+from optbench.errors import OptbenchError
+from optbench.optimizers import select_optimizers
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+BASELINE_COLUMNS = ["case", "metric", "value", "spread"]
+COMPARISON_COLUMNS = ["suite", "case", "metric", "baseline", "now", "delta", "tolerance", "status"]
+SPREAD_RUNS = 4  # nudged reruns per case when baselines are written
+LOSS_WINDOW = 20  # train_loss@N is the mean loss of iterations N-19 .. N
+
+
+@dataclass
+class Tolerance:
+    rel: float = 0.0
+    abs: float = 0.0
+    spread_factor: float = 0.0
+    exact: bool = False  # booleans (diverged) must match exactly
+
+    def allows(self, baseline: float, now: float, spread: float) -> tuple[bool, float]:
+        if self.exact:
+            return baseline == now, 0.0
+        if math.isnan(baseline) or math.isnan(now):
+            return math.isnan(baseline) and math.isnan(now), 0.0
+        limit = self.abs + self.rel * abs(baseline) + self.spread_factor * spread
+        return abs(now - baseline) <= limit, limit
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    kind: str  # "surface" or "mnist"
+    settings: dict
+    tolerances: dict[str, Tolerance]
+
+    @property
+    def baseline_path(self) -> Path:
+        return self.path.parent / self.settings.get("baseline", f"{self.path.stem}-baseline.csv")
+
+
+def load_suite(path: Path) -> Suite:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise OptbenchError(f"suite file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OptbenchError(f"suite {path}: not valid TOML ({exc})") from None
+    kind = data.get("kind")
+    if kind not in RUNNERS:
+        raise OptbenchError(f"suite {path}: kind must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    tolerances = {}
+    for metric, spec in data.get("tolerance", {}).items():
+        try:
+            tolerances[metric] = Tolerance(**spec)
+        except TypeError as exc:
+            raise OptbenchError(f"suite {path}: tolerance.{metric}: {exc}") from None
+    settings = {k: v for k, v in data.items() if k not in ("kind", "tolerance", "name")}
+    return Suite(path, data.get("name", path.stem), kind, settings, tolerances)
+
+
+# --- running the suites ---------------------------------------------------------------------
+
+
+def _optimizers(settings: dict) -> list[tuple[str, type]]:
+    names = settings.get("optimizers", "all")
+    return select_optimizers([names] if isinstance(names, str) else list(names))
+
+
+def run_surface_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
+    """Metrics per `surface/optimizer`: final_loss, gap, steps_to_tol, diverged.
+
+    `nudge` = k moves every start point by a random ±1 ulp per coordinate (seed k).
+    """
+    from optbench.optimizers import Contender, instantiate
+    from optbench.surface_bench import default_lr, select_surfaces
+    from optbench.trajectories import run, steps_to_tol
+
+    names = suite.settings.get("surfaces", "all")
+    surfaces = select_surfaces([names] if isinstance(names, str) else list(names))
+    rows = []
+    for surface in surfaces:
+        steps = int(suite.settings.get("steps", 0)) or surface.steps
+        start = np.asarray(surface.start, dtype=np.float64)
+        if nudge is not None:
+            start = np.nextafter(start, start + np.random.default_rng(nudge).choice([-1.0, 1.0], 2) * np.inf)
+        for label, cls in _optimizers(suite.settings):
+            lr = suite.settings.get("lr", "table")
+            lr = default_lr(surface, Contender(label, cls, {})) if lr == "table" else float(lr)
+            batch = run(surface, instantiate(cls, lr=lr), [start], steps)
+            final_loss = float(batch.final_losses[0])
+            reached = int(steps_to_tol(surface, batch)[0])
+            case = f"{surface.name}/{label}"
+            rows += [
+                (case, "final_loss", final_loss),
+                (case, "gap", final_loss - surface.min_value if surface.bounded else math.nan),
+                (case, "steps_to_tol", float(reached) if reached >= 0 else math.nan),
+                (case, "diverged", float(batch.diverged[0])),
+            ]
+    return pd.DataFrame(rows, columns=["case", "metric", "value"])
+
+
+def run_mnist_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
+    """Metrics per optimizer: train loss at the listed iterations and the final test accuracy.
+
+    `nudge` = k moves every initial weight by a random ±1 ulp (seed k): the size of change
+    that a different BLAS summation order causes.
+    """
+    from optbench.backend import select_device
+    from optbench.mnist_bench import MnistConfig, build_network, default_mnist_lr, load_data
+    from optbench.optimizers import instantiate
+    from optbench.training import train
+
+    s = suite.settings
+    config = MnistConfig(
+        dataset=s.get("dataset", "mnist"), hidden=tuple(s.get("hidden", (100, 100))), batch_size=int(s.get("batch_size", 128)),
+        iterations=int(s["iterations"]), seed=int(s.get("seed", 0)), train_size=s.get("train_size"), test_size=s.get("test_size"),
+    )
+    checkpoints = [int(i) for i in s.get("check_iterations", [config.iterations])]
+    device = select_device("cpu")
+    data = load_data(config, s.get("data_dir"), device)
+    rows = []
+    for label, cls in _optimizers(s):
+        net = build_network(config, device)
+        if nudge is not None:
+            signs = np.random.default_rng(nudge).choice([-1.0, 1.0], net.params.size).astype(np.float32)
+            net.params[...] = np.nextafter(net.params, net.params + signs * np.float32(np.inf))
+        optimizer = instantiate(cls, lr=default_mnist_lr(label, cls))
+        log = train(net, optimizer, *data, iterations=config.iterations, eval_every=config.iterations,
+                    batch_size=config.batch_size, seed=config.seed)
+        losses = np.array([r["train_loss"] for r in log.iterations])
+        for it in checkpoints:
+            # The mean over the LOSS_WINDOW iterations up to `it`: one batch's loss is mostly
+            # the luck of that batch.
+            window = losses[max(0, it - LOSS_WINDOW) : it]
+            rows.append((label, f"train_loss@{it}", float(window.mean()) if len(losses) >= it else math.nan))
+        rows.append((label, "final_test_acc", log.evaluations[-1]["test_acc"] if log.evaluations else math.nan))
+        rows.append((label, "diverged", float(log.diverged)))
+    return pd.DataFrame(rows, columns=["case", "metric", "value"])
+
+
+RUNNERS: dict[str, Callable[[Suite, int | None], pd.DataFrame]] = {"surface": run_surface_suite, "mnist": run_mnist_suite}
+
+
+def measure(suite: Suite, spread_runs: int = SPREAD_RUNS) -> pd.DataFrame:
+    """The suite's metrics and, per metric, the largest move under `spread_runs` nudged reruns."""
+    runner = RUNNERS[suite.kind]
+    base = runner(suite, None)
+    spread = np.zeros(len(base))
+    for k in range(1, spread_runs + 1):
+        nudged = runner(suite, k)["value"].to_numpy()
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(nudged - base["value"].to_numpy())
+        # A metric that appears or disappears (NaN on one side) gets no spread: it must match.
+        spread = np.fmax(spread, np.where(np.isfinite(moved), moved, 0.0))
+    return base.assign(spread=spread)[BASELINE_COLUMNS]
+
+
+# --- baselines and comparison -----------------------------------------------------------------
+
+
+def read_baseline(suite: Suite) -> pd.DataFrame:
+    path = suite.baseline_path
+    if not path.exists():
+        raise OptbenchError(f"suite {suite.name}: baseline {path} is missing (write it with `optbench regress --update`)")
+    frame = results.read_csv(path)
+    missing = [c for c in BASELINE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise OptbenchError(f"baseline {path} is malformed: missing column(s) {', '.join(missing)}")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    spreads = pd.to_numeric(frame["spread"], errors="coerce")
+    bad = frame.index[(values.isna() & frame["value"].notna()) | spreads.isna()]
+    if len(bad):
+        raise OptbenchError(f"baseline {path} is malformed: row {int(bad[0]) + 2} has a non-numeric value or spread")
+    if frame.duplicated(["case", "metric"]).any():
+        raise OptbenchError(f"baseline {path} is malformed: a case and metric appear twice")
+    return frame.assign(value=values, spread=spreads)
+
+
+def compare(suite: Suite, baseline: pd.DataFrame, now: pd.DataFrame) -> pd.DataFrame:
+    """One row per case and metric, failures first."""
+    merged = baseline.merge(now, on=["case", "metric"], how="outer", suffixes=("_base", "_now"), indicator="side")
+    rows = []
+    for row in merged.to_dict("records"):
+        base, value = float(row["value_base"]), float(row["value_now"])
+        if row["side"] == "right_only":
+            rows.append((suite.name, row["case"], row["metric"], math.nan, value, math.nan, math.nan, "no baseline"))
+        elif row["side"] == "left_only":
+            rows.append((suite.name, row["case"], row["metric"], base, math.nan, math.nan, math.nan, "missing"))
+        else:
+            # "train_loss@200" takes the tolerance of "train_loss".
+            tolerance = suite.tolerances.get(row["metric"].split("@")[0], Tolerance())
+            ok, limit = tolerance.allows(base, value, float(row["spread"]))
+            delta = value - base if not (math.isnan(base) or math.isnan(value)) else math.nan
+            rows.append((suite.name, row["case"], row["metric"], base, value, delta, limit, "ok" if ok else "FAIL"))
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    order = table["status"].map({"FAIL": 0, "missing": 1, "no baseline": 2, "ok": 3})
+    return table.assign(_order=order).sort_values(["_order", "case", "metric"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def write_baseline(suite: Suite, measured: pd.DataFrame) -> pd.DataFrame:
+    """Replace the suite's baseline atomically; return what changed (case, metric, old, new)."""
+    try:
+        old = read_baseline(suite)
+    except OptbenchError:
+        old = pd.DataFrame(columns=BASELINE_COLUMNS)
+    results.write_csv(measured, suite.baseline_path)
+    merged = old.merge(measured, on=["case", "metric"], how="outer", suffixes=("_old", "_new"))
+    same = (merged["value_old"] == merged["value_new"]) | (merged["value_old"].isna() & merged["value_new"].isna())
+    changed = merged[~same | merged["case"].isin(set(old["case"]) ^ set(measured["case"]))]
+    return changed[["case", "metric", "value_old", "value_new"]].rename(columns={"value_old": "old", "value_new": "new"})
+
+
+def default_suites(root: Path = Path("benchmarks/suites")) -> list[Path]:
+    paths = sorted(Path(root).glob("*.toml"))
+    if not paths:
+        raise OptbenchError(f"no suites in {root}/ (name suite files with --suite FILE)")
+    return paths
+

@@ -1,0 +1,113 @@
+"""`optbench regress`: an unchanged tree passes, a planted regression fails on exactly its rows,
+and broken suites or baselines are named with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench import optimizers, regress
+from optbench.cli import app
+
+runner = CliRunner()
+SUITES = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def small_suite(tmp_path):
+    """Two surfaces, three optimizers, the tolerances of the committed surface suite."""
+    committed = (SUITES / "surfaces.toml").read_text()
+    text = committed.replace('optimizers = "all"', 'optimizers = ["sgd", "adam", "nadam"]').replace(
+        'surfaces = "all"', 'surfaces = ["bowl", "booth"]').replace('baseline = "surfaces-baseline.csv"', 'baseline = "small-baseline.csv"')
+    path = tmp_path / "small.toml"
+    path.write_text(text)
+    result = invoke("regress", "--suite", path, "--update", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "24 value(s) changed" in result.output  # 2 surfaces x 3 optimizers x 4 metrics, all new
+    return path
+
+
+def test_the_committed_surface_suite_passes_on_an_unchanged_tree(tmp_path):
+    result = invoke("regress", "--suite", SUITES / "surfaces.toml", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    comparison = pd.read_csv(tmp_path / "regress" / "comparison.csv")
+    assert len(comparison) == 13 * 12 * 4 and (comparison["status"] == "ok").all()
+    # Same suite, same machine: bitwise the same numbers.
+    assert (comparison["delta"].fillna(0) == 0).all()
+
+
+def test_a_planted_sign_error_fails_exactly_its_rows(small_suite, tmp_path, monkeypatch):
+    original = optimizers.NAdam.update
+
+    def sign_error(self, p, g, state):
+        original(self, p, -g, state)  # a refactor that flipped the gradient's sign
+
+    monkeypatch.setattr(optimizers.NAdam, "update", sign_error)
+    result = invoke("regress", "--suite", small_suite, "--out", tmp_path)
+    assert result.exit_code == 1, result.output
+    comparison = pd.read_csv(tmp_path / "regress" / "comparison.csv")
+    failed = comparison[comparison["status"] != "ok"]
+    assert set(failed["case"]) == {"bowl/nadam", "booth/nadam"}
+    assert "bowl/nadam" in result.output and "booth/nadam" in result.output
+    assert "bowl/adam " not in result.output
+
+
+def test_a_changed_default_fails_only_that_optimizer(small_suite, tmp_path, monkeypatch):
+    monkeypatch.setattr(optimizers.Adam, "defaults", {**optimizers.Adam.defaults, "beta1": 0.89})
+    result = invoke("regress", "--suite", small_suite, "--out", tmp_path)
+    assert result.exit_code == 1
+    failed = pd.read_csv(tmp_path / "regress" / "comparison.csv").query("status != 'ok'")
+    assert set(failed["case"].str.split("/").str[1]) == {"adam"}
+
+
+def test_update_says_what_changed(small_suite, tmp_path, monkeypatch):
+    result = invoke("regress", "--suite", small_suite, "--update", "--out", tmp_path)
+    assert "0 value(s) changed" in result.output
+    monkeypatch.setattr(optimizers.SGD, "defaults", {**optimizers.SGD.defaults, "weight_decay": 0.1})
+    result = invoke("regress", "--suite", small_suite, "--update", "--out", tmp_path)
+    assert result.exit_code == 0 and "bowl/sgd" in result.output
+    assert "adam" not in result.output.split("changed values")[-1]
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda p: p.unlink(), "is missing"),
+        (lambda p: p.write_text("case,metric,value\nbowl/sgd,gap,1\n"), "missing column(s) spread"),
+        (lambda p: p.write_text("case,metric,value,spread\nbowl/sgd,gap,abc,0\n"), "row 2 has a non-numeric"),
+    ],
+)
+def test_a_missing_or_malformed_baseline_is_named(small_suite, tmp_path, damage, fragment):
+    baseline = small_suite.parent / "small-baseline.csv"
+    damage(baseline)
+    result = invoke("regress", "--suite", small_suite, "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "small-baseline.csv" in result.output and fragment in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_broken_suite_file_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("kind = 'surface\n")
+    result = invoke("regress", "--suite", bad, "--out", tmp_path)
+    assert result.exit_code == 2 and "bad.toml" in result.output and "TOML" in result.output
+    bad.write_text("kind = 'cifar'\n")
+    assert "kind must be one of surface, mnist" in invoke("regress", "--suite", bad).output
+    assert invoke("regress", "--suite", tmp_path / "none.toml").exit_code == 2
+
+
+def test_tolerance_rule():
+    tol = regress.Tolerance(rel=1e-3, abs=1e-6, spread_factor=2)
+    assert tol.allows(1.0, 1.0 + 1e-3, 0.0)[0]
+    assert not tol.allows(1.0, 1.0 + 2e-3, 0.0)[0]
+    assert tol.allows(1.0, 1.5, 0.25)[0]  # 2 x spread covers it
+    assert regress.Tolerance(exact=True).allows(0.0, 0.0, 5.0)[0]
+    assert not regress.Tolerance(exact=True).allows(0.0, 1.0, 5.0)[0]
+    assert tol.allows(float("nan"), float("nan"), 0.0)[0] and not tol.allows(float("nan"), 1.0, 0.0)[0]
