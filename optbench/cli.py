@@ -302,6 +302,42 @@ def regress_command(
     console.print(f"[green]ok[/]: {summary}")
 
 
+@app.command("bench")
+def bench_command(
+    device: Annotated[str, typer.Option("--device", help="cpu, gpu or auto.")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="A few short repeats (CI): numbers to look at, not to quote.")] = False,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeats per measurement (median and quartiles over them).")] = 7,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per repeat.")] = 50,
+    out: OutOption = Path("results"),
+) -> None:
+    """Time one training step (and the update alone) beside PyTorch and the machine's bounds."""
+    import pandas as pd
+
+    from optbench import backend, bench
+    from optbench.results import write_csv, write_json
+
+    chosen = backend.select_device(device)
+    if quick:
+        repeats, steps = 3, 10
+    folder = prepare_dir(out / "bench")
+    total = len(bench.NETS) * len(bench.OPTIMIZERS)
+    progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True, disable=not err_console.is_terminal)
+    with progress:
+        task = progress.add_task("bench", total=total)
+        step_rows, update_rows, facts = bench.run_bench(chosen, repeats=repeats, steps=steps, progress=lambda: progress.advance(task))
+    steps_frame, updates_frame = pd.DataFrame(step_rows), pd.DataFrame(update_rows)
+    machine = {**chosen.facts, **facts, "repeats": repeats, "steps": steps}
+    written = [write_csv(steps_frame, folder / "steps.csv"), write_csv(updates_frame, folder / "updates.csv"),
+               write_json(machine, folder / "machine.json")]
+    console.print(tables.bench_steps(steps_frame, f"Training step on {chosen.name} ({chosen.facts.get('device_name')}), "
+                                                  f"{chosen.facts.get('blas', '')} {chosen.facts.get('blas_threads', '?')} threads; median of {repeats} × {steps} steps"))
+    console.print(tables.bench_updates(updates_frame, f"Update alone (bandwidth {facts['bandwidth_gb_per_s']:.1f} GB/s)"))
+    if not facts["torch"]:
+        console.print("[yellow]torch is not importable: no PyTorch columns (pip install 'optbench[bench]')[/]")
+    console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
+
+
 data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

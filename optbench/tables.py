@@ -130,3 +130,24 @@ def baseline_changes(changed: pd.DataFrame, title: str) -> Table:
     for row in changed.itertuples():
         table.add_row(row.case, row.metric, _number(row.old, 6), _number(row.new, 6))
     return table
+
+
+def bench_steps(frame: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("net", "batch", "optimizer", "impl", "ms/step", "q1–q3", "samples/s", "vs torch", "of bound"):
+        table.add_column(name, justify="left" if name in ("net", "optimizer", "impl") else "right", no_wrap=True)
+    for row in frame.itertuples():
+        table.add_row(row.net, str(row.batch), row.optimizer, row.impl, f"{row.ms_per_step:.3f}",
+                      f"{row.ms_q1:.3f}–{row.ms_q3:.3f}", _thousands(row.samples_per_s),
+                      "—" if pd.isna(row.vs_torch) else f"{row.vs_torch:.2f}×", f"{100 * row.of_bound:.0f} %")
+    return table
+
+
+def bench_updates(frame: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("net", "params", "optimizer", "impl", "µs/update", "bound µs", "GB/s"):
+        table.add_column(name, justify="left" if name in ("net", "optimizer", "impl") else "right", no_wrap=True)
+    for row in frame.itertuples():
+        table.add_row(row.net, f"{row.params:,}", row.optimizer, row.impl, f"{row.us_per_update:.1f}",
+                      f"{row.bound_us:.1f}", f"{row.gb_per_s:.1f}")
+    return table
