@@ -8,6 +8,10 @@ on NumPy or CuPy: every rule here is elementwise and takes `xp` from its data.
 The arithmetic follows torch's single-tensor code path operation by operation (`lerp` where
 torch uses `lerp_`, `addcdiv` as `(value * a) / b`), so float64 trajectories agree with
 `torch.optim` to the last few ulps rather than merely to a tolerance.
+
+Every operation writes into an existing array (`out=`, in-place operators, work arrays kept in
+the state): an update allocates nothing, because fresh temporaries of a large parameter set
+page-fault on every step. The scalars stay Python floats, so float32 arrays stay float32.
 """
 
 from __future__ import annotations
@@ -41,12 +45,40 @@ _RANGES = {
 }
 
 
-def _lerp_(start, end, weight: float) -> None:
+def _lerp_(start, end, weight: float, work) -> None:
     """start += weight * (end - start), in place, rounded as torch's CPU `lerp_` rounds it."""
+    xp = get_array_module(start)
+    xp.subtract(end, start, out=work)
     if abs(weight) < 0.5:
-        start += weight * (end - start)
+        work *= weight
+        start += work
     else:
-        start[...] = end - (end - start) * (1 - weight)
+        work *= 1 - weight
+        xp.subtract(end, work, out=start)
+
+
+def _work(state: dict, p, n: int) -> list:
+    """`n` work arrays shaped like `p`, made on the first update and kept in the state."""
+    work = state.get("work")
+    if work is None or len(work) < n:
+        xp = get_array_module(p)
+        work = state["work"] = [xp.empty_like(p) for _ in range(n)]
+    return work
+
+
+def _decayed(g, p, weight_decay: float, out):
+    """g + weight_decay * p, written to `out` (the caller's gradient is left alone)."""
+    get_array_module(p).multiply(p, weight_decay, out=out)
+    out += g
+    return out
+
+
+def _square_avg_(avg, g, decay: float, work) -> None:
+    """avg <- decay * avg + (1 - decay) * g * g, in place."""
+    avg *= decay
+    get_array_module(avg).multiply(g, 1 - decay, out=work)
+    work *= g
+    avg += work
 
 
 class Optimizer:
@@ -125,18 +157,30 @@ class SGD(Optimizer):
         return {"step": 0, "momentum_buffer": None}
 
     def update(self, p, g, state: dict) -> None:
+        xp = get_array_module(p)
+        decayed, work = _work(state, p, 2)
         state["step"] += 1
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+            g = _decayed(g, p, self.weight_decay, decayed)
         if self.momentum != 0:
             buf = state["momentum_buffer"]
             if buf is None:
                 buf = state["momentum_buffer"] = g.copy()
             else:
                 buf *= self.momentum
-                buf += (1 - self.dampening) * g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p -= self.lr * g
+                if self.dampening:
+                    xp.multiply(g, 1 - self.dampening, out=work)
+                    buf += work
+                else:
+                    buf += g  # (1 - 0) * g is g exactly
+            if self.nesterov:
+                xp.multiply(buf, self.momentum, out=work)
+                work += g
+                g = work
+            else:
+                g = buf
+        xp.multiply(g, self.lr, out=work)
+        p -= work
 
 
 class Momentum(SGD):
@@ -173,14 +217,18 @@ class Adagrad(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, std = _work(state, p, 2)
         state["step"] += 1
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+            g = _decayed(g, p, self.weight_decay, decayed)
         clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
-        state["sum"] += g * g
-        std = xp.sqrt(state["sum"])
+        xp.multiply(g, g, out=std)
+        state["sum"] += std
+        xp.sqrt(state["sum"], out=std)
         std += self.eps
-        p += (-clr * g) / std
+        xp.multiply(g, -clr, out=decayed)
+        decayed /= std
+        p += decayed
 
 
 class RMSprop(Optimizer):
@@ -208,26 +256,32 @@ class RMSprop(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, avg = _work(state, p, 2)
         state["step"] += 1
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+            g = _decayed(g, p, self.weight_decay, decayed)
         square_avg = state["square_avg"]
-        square_avg *= self.alpha
-        square_avg += (1 - self.alpha) * g * g
+        _square_avg_(square_avg, g, self.alpha, avg)
         if self.centered:
             grad_avg = state["grad_avg"]
-            _lerp_(grad_avg, g, 1 - self.alpha)
-            avg = xp.sqrt(square_avg - grad_avg * grad_avg)
+            _lerp_(grad_avg, g, 1 - self.alpha, avg)
+            xp.multiply(grad_avg, grad_avg, out=avg)
+            xp.subtract(square_avg, avg, out=avg)
+            xp.sqrt(avg, out=avg)
         else:
-            avg = xp.sqrt(square_avg)
+            xp.sqrt(square_avg, out=avg)
         avg += self.eps
         if self.momentum > 0:
             buf = state["momentum_buffer"]
             buf *= self.momentum
-            buf += g / avg
-            p -= self.lr * buf
+            xp.divide(g, avg, out=decayed)
+            buf += decayed
+            xp.multiply(buf, self.lr, out=decayed)
+            p -= decayed
         else:
-            p += (-self.lr * g) / avg
+            xp.multiply(g, -self.lr, out=decayed)
+            decayed /= avg
+            p += decayed
 
 
 class Adadelta(Optimizer):
@@ -249,19 +303,21 @@ class Adadelta(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, std, delta = _work(state, p, 3)
         state["step"] += 1
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+            g = _decayed(g, p, self.weight_decay, decayed)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
-        square_avg *= self.rho
-        square_avg += (1 - self.rho) * g * g
-        std = xp.sqrt(square_avg + self.eps)
-        delta = xp.sqrt(acc_delta + self.eps)
+        _square_avg_(square_avg, g, self.rho, std)
+        xp.add(square_avg, self.eps, out=std)
+        xp.sqrt(std, out=std)
+        xp.add(acc_delta, self.eps, out=delta)
+        xp.sqrt(delta, out=delta)
         delta /= std
         delta *= g
-        acc_delta *= self.rho
-        acc_delta += (1 - self.rho) * delta * delta
-        p -= self.lr * delta
+        _square_avg_(acc_delta, delta, self.rho, std)
+        xp.multiply(delta, self.lr, out=std)
+        p -= std
 
 
 class Adam(Optimizer):
@@ -288,17 +344,17 @@ class Adam(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, denom = _work(state, p, 2)
         state["step"] += 1
         t = state["step"]
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
                 p *= 1 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * p
+                g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        _lerp_(exp_avg, g, 1 - self.beta1)
-        exp_avg_sq *= self.beta2
-        exp_avg_sq += (1 - self.beta2) * g * g
+        _lerp_(exp_avg, g, 1 - self.beta1, denom)
+        _square_avg_(exp_avg_sq, g, self.beta2, denom)
         step_size = self.lr / (1 - self.beta1**t)
         # A Python float: np.sqrt would make it a float64 scalar and promote float32 arrays.
         bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
@@ -307,9 +363,12 @@ class Adam(Optimizer):
             second = state["max_exp_avg_sq"]
         else:
             second = exp_avg_sq
-        denom = xp.sqrt(second) / bias_correction2_sqrt
+        xp.sqrt(second, out=denom)
+        denom /= bias_correction2_sqrt
         denom += self.eps
-        p += (-step_size * exp_avg) / denom
+        xp.multiply(exp_avg, -step_size, out=decayed)
+        decayed /= denom
+        p += decayed
 
 
 class AdamW(Adam):
@@ -350,6 +409,7 @@ class NAdam(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, denom = _work(state, p, 2)
         state["step"] += 1
         t = state["step"]
         bias_correction2 = 1 - self.beta2**t
@@ -357,19 +417,23 @@ class NAdam(Optimizer):
             if self.decoupled_weight_decay:
                 p *= 1 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * p
+                g = _decayed(g, p, self.weight_decay, decayed)
         mu = self.beta1 * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))
         mu_next = self.beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * self.momentum_decay))
         state["mu_product"] *= mu
         mu_product = state["mu_product"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        _lerp_(exp_avg, g, 1 - self.beta1)
-        exp_avg_sq *= self.beta2
-        exp_avg_sq += (1 - self.beta2) * g * g
-        denom = xp.sqrt(exp_avg_sq / bias_correction2)
+        _lerp_(exp_avg, g, 1 - self.beta1, denom)
+        _square_avg_(exp_avg_sq, g, self.beta2, denom)
+        xp.divide(exp_avg_sq, bias_correction2, out=denom)
+        xp.sqrt(denom, out=denom)
         denom += self.eps
-        p += (-self.lr * (1.0 - mu) / (1.0 - mu_product) * g) / denom
-        p += ((-self.lr * mu_next) / (1.0 - mu_product * mu_next) * exp_avg) / denom
+        xp.multiply(g, -self.lr * (1.0 - mu) / (1.0 - mu_product), out=decayed)
+        decayed /= denom
+        p += decayed
+        xp.multiply(exp_avg, (-self.lr * mu_next) / (1.0 - mu_product * mu_next), out=decayed)
+        decayed /= denom
+        p += decayed
 
 
 class RAdam(Optimizer):
@@ -395,30 +459,32 @@ class RAdam(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, step = _work(state, p, 2)
         state["step"] += 1
         t = state["step"]
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
                 p *= 1 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * p
+                g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        _lerp_(exp_avg, g, 1 - self.beta1)
-        exp_avg_sq *= self.beta2
-        exp_avg_sq += (1 - self.beta2) * g * g
+        _lerp_(exp_avg, g, 1 - self.beta1, step)
+        _square_avg_(exp_avg_sq, g, self.beta2, step)
         bias_correction1 = 1 - self.beta1**t
         bias_correction2 = 1 - self.beta2**t
-        bias_corrected_exp_avg = exp_avg / bias_correction1
         rho_inf = 2 / (1 - self.beta2) - 1
         rho_t = rho_inf - 2 * t * self.beta2**t / bias_correction2
+        xp.divide(exp_avg, bias_correction1, out=step)  # the bias-corrected first moment
+        step *= self.lr
         if rho_t > 5.0:
             rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-            denom = xp.sqrt(exp_avg_sq)
-            denom += self.eps
-            adaptive_lr = bias_correction2**0.5 / denom
-            p -= bias_corrected_exp_avg * self.lr * adaptive_lr * rect
-        else:
-            p -= bias_corrected_exp_avg * self.lr
+            adaptive_lr = decayed
+            xp.sqrt(exp_avg_sq, out=adaptive_lr)
+            adaptive_lr += self.eps
+            xp.divide(bias_correction2**0.5, adaptive_lr, out=adaptive_lr)
+            step *= adaptive_lr
+            step *= rect
+        p -= step
 
 
 class Adamax(Optimizer):
@@ -438,15 +504,20 @@ class Adamax(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         xp = get_array_module(p)
+        decayed, work = _work(state, p, 2)
         state["step"] += 1
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+            g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
-        _lerp_(exp_avg, g, 1 - self.beta1)
+        _lerp_(exp_avg, g, 1 - self.beta1, work)
         exp_inf *= self.beta2
-        xp.maximum(exp_inf, xp.abs(g) + self.eps, out=exp_inf)
+        xp.abs(g, out=work)
+        work += self.eps
+        xp.maximum(exp_inf, work, out=exp_inf)
         clr = self.lr / (1 - self.beta1 ** state["step"])
-        p += (-clr * exp_avg) / exp_inf
+        xp.multiply(exp_avg, -clr, out=work)
+        work /= exp_inf
+        p += work
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
