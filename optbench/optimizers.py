@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from optbench import kernels
 from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
 
@@ -157,9 +158,11 @@ class SGD(Optimizer):
         return {"step": 0, "momentum_buffer": None}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if kernels.usable(p, g, self.lr):
+            return kernels.sgd(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, work = _work(state, p, 2)
-        state["step"] += 1
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         if self.momentum != 0:
@@ -255,9 +258,11 @@ class RMSprop(Optimizer):
         return state
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if kernels.usable(p, g, self.lr):
+            return kernels.rmsprop(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, avg = _work(state, p, 2)
-        state["step"] += 1
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         square_avg = state["square_avg"]
@@ -343,9 +348,11 @@ class Adam(Optimizer):
         return state
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if kernels.usable(p, g, self.lr):
+            return kernels.adam(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, denom = _work(state, p, 2)
-        state["step"] += 1
         t = state["step"]
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:

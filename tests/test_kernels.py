@@ -1,0 +1,51 @@
+"""The fused CPU kernels give bitwise the numbers of the ufunc update rules they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optbench import kernels
+from optbench.optimizers import make_optimizer
+
+pytestmark = pytest.mark.skipif(kernels.njit is None, reason="numba is not installed: the ufunc path serves alone")
+
+SETTINGS = [
+    ("sgd", {}), ("sgd", {"weight_decay": 0.01}), ("momentum", {}), ("momentum", {"dampening": 0.3, "weight_decay": 0.1}),
+    ("nesterov", {}), ("nesterov", {"momentum": 0.5, "weight_decay": 0.02}),
+    ("adam", {}), ("adam", {"weight_decay": 0.1}), ("adam", {"beta1": 0.3}), ("amsgrad", {}), ("adamw", {}),
+    ("adamw", {"weight_decay": 0.3, "amsgrad": True}),
+    ("rmsprop", {}), ("rmsprop", {"centered": True}), ("rmsprop", {"momentum": 0.9, "weight_decay": 0.01}),
+    ("rmsprop", {"centered": True, "momentum": 0.5, "alpha": 0.3}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, hparams", SETTINGS)
+def test_fused_kernel_equals_the_ufunc_rule_bitwise(name, hparams, dtype):
+    rng = np.random.default_rng(0)
+    fused_p = rng.standard_normal(10_001).astype(dtype)
+    plain_p = fused_p.reshape(1, -1).copy()  # 2-D: the ufunc path
+    opt = make_optimizer(name, lr=0.01, **hparams)
+    fused_state, plain_state = opt.init(fused_p), opt.init(plain_p)
+    for step in range(30):
+        # Gradients that shrink and change sign, so AMSGrad's maximum and lerp both matter.
+        g = (rng.standard_normal(10_001) * 0.9**step).astype(dtype)
+        assert kernels.usable(fused_p, g, opt.lr) and not kernels.usable(plain_p, g.reshape(1, -1), opt.lr)
+        opt.update(fused_p, g, fused_state)
+        opt.update(plain_p, g.reshape(1, -1), plain_state)
+        np.testing.assert_array_equal(fused_p, plain_p[0])
+    assert fused_p.dtype == dtype
+
+
+def test_nan_propagates_like_numpy_maximum():
+    opt = make_optimizer("amsgrad", lr=0.01)
+    fused = np.array([1.0, 2.0, 3.0])
+    plain = fused.reshape(1, -1).copy()
+    sf, sp = opt.init(fused), opt.init(plain)
+    for g in ([0.1, np.nan, 0.3], [0.2, 0.1, np.nan]):
+        g = np.array(g)
+        opt.update(fused, g, sf)
+        opt.update(plain, g.reshape(1, -1), sp)
+    np.testing.assert_array_equal(fused, plain[0])
+    np.testing.assert_array_equal(sf["max_exp_avg_sq"], sp["max_exp_avg_sq"][0])
