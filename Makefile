@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 
 README_SURFACES := bowl rosenbrock himmelblau saddle
 
-.PHONY: install test regress baselines figures clean
+.PHONY: install test regress baselines bench figures clean
 
 install: $(BIN)/optbench
 
@@ -17,6 +17,12 @@ $(BIN)/optbench: pyproject.toml
 test: install
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
 	$(BIN)/optbench regress
+	$(BIN)/optbench bench --quick
+
+# Time the training step beside PyTorch (when importable) and the machine's bounds;
+# benchmarks/RESULTS.md records what it gave.
+bench: install
+	$(BIN)/optbench bench
 
 # The convergence numbers of benchmarks/suites/ against their committed baselines.
 regress: install

@@ -35,6 +35,17 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 UPDATE_ARRAYS = {"sgd": 3, "momentum": 5, "adam": 7, "rmsprop": 5}
 BENCH_LR = {"sgd": 0.01, "momentum": 0.01}
 
+# OpenBLAS's idle threads busy-wait about 0.1 s after its last call (2^28 cycles), and torch's
+# OpenMP threads spin too: in one process they steal the cores from whatever is timed next
+# (measured: torch's first 50 steps after ours took 1.6 ms/step instead of 0.68). Each timed
+# block therefore starts after a pause long enough for them to go to sleep.
+PAUSE_S = 0.25
+
+
+def _after_pause(timed, steps: int, pause: float | None = None) -> float:
+    time.sleep(PAUSE_S if pause is None else pause)
+    return timed(steps)
+
 
 @dataclass
 class Timing:
@@ -153,7 +164,7 @@ def torch_forms(opt: str) -> list[dict]:
     return forms
 
 
-def fastest_torch(sizes, batch, opt, device: Device, steps: int) -> "TorchStep":
+def fastest_torch(sizes, batch, opt, device: Device, steps: int, pause: float = PAUSE_S) -> "TorchStep":
     """torch in its fastest form here: each form offered is tried and the quicker one kept
     (fused is not always the faster on a CPU)."""
     best, best_time = None, math.inf
@@ -163,7 +174,7 @@ def fastest_torch(sizes, batch, opt, device: Device, steps: int) -> "TorchStep":
             candidate(max(3, steps // 5))
         except (RuntimeError, TypeError, ValueError):  # this form is not offered for this device
             continue
-        seconds = min(_after_pause(candidate, steps) for _ in range(3))
+        seconds = min(_after_pause(candidate, steps, pause) for _ in range(3))
         if seconds < best_time:
             best, best_time = candidate, seconds
     return best
@@ -208,18 +219,6 @@ def bandwidth_bytes_per_s(device: Device, repeats: int = 5) -> float:
     return 3 * 4 * n / float(np.median(times))
 
 
-# OpenBLAS's idle threads busy-wait about 0.1 s after its last call (2^28 cycles), and torch's
-# OpenMP threads spin too: in one process they steal the cores from whatever is timed next
-# (measured: torch's first 50 steps after ours took 1.6 ms/step instead of 0.68). Each timed
-# block therefore starts after a pause long enough for them to go to sleep.
-PAUSE_S = 0.25
-
-
-def _after_pause(timed, steps: int, pause: float | None = None) -> float:
-    time.sleep(PAUSE_S if pause is None else pause)
-    return timed(steps)
-
-
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -228,8 +227,9 @@ def torch_available() -> bool:
     return True
 
 
-def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, optimizers=OPTIMIZERS, progress=None):
-    """Records for the step table and the update table."""
+def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, optimizers=OPTIMIZERS, progress=None,
+              pause: float = PAUSE_S):
+    """Records for the step table and the update table, and facts about the run."""
     with_torch = torch_available()
     if with_torch:
         import torch
@@ -243,22 +243,22 @@ def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, o
         flops = flops_per_step(sizes, batch)
         for opt in optimizers:
             ours = OursStep(sizes, batch, opt, device)
-            theirs = fastest_torch(sizes, batch, opt, device, steps) if with_torch else None
+            theirs = fastest_torch(sizes, batch, opt, device, steps, pause) if with_torch else None
             n_params = ours.net.params.size
             update_bound = UPDATE_ARRAYS[opt] * 4 * n_params / bandwidth
             for impl in filter(None, (ours, theirs)):  # warm-up
                 impl(max(3, steps // 5))
             ours_t, theirs_t, ours_u, theirs_u = [], [], [], []
             for _ in range(repeats):
-                ours_t.append(_after_pause(ours, steps))
+                ours_t.append(_after_pause(ours, steps, pause))
                 if theirs:
-                    theirs_t.append(_after_pause(theirs, steps))
+                    theirs_t.append(_after_pause(theirs, steps, pause))
             if (net_name, opt) not in timed_updates:  # the same parameters at another batch size
                 timed_updates.add((net_name, opt))
                 for _ in range(repeats):
-                    ours_u.append(_after_pause(ours.update_only, steps))
+                    ours_u.append(_after_pause(ours.update_only, steps, pause))
                     if theirs:
-                        theirs_u.append(_after_pause(theirs.update_only, steps))
+                        theirs_u.append(_after_pause(theirs.update_only, steps, pause))
             bound = gemm + update_bound
             for impl, times in (("optbench", ours_t), (f"torch ({theirs.form})" if theirs else None, theirs_t)):
                 if impl is None:
@@ -283,4 +283,13 @@ def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, o
                 })
             if progress:
                 progress()
-    return step_rows, update_rows, {"bandwidth_gb_per_s": bandwidth / 1e9, "torch": with_torch}
+    facts = {"bandwidth_gb_per_s": bandwidth / 1e9, "torch": with_torch, "pause_s": pause}
+    if with_torch:
+        facts.update(torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+    try:
+        import numba
+
+        facts["numba"] = numba.__version__
+    except ImportError:
+        facts["numba"] = None
+    return step_rows, update_rows, facts

@@ -317,15 +317,17 @@ def bench_command(
     from optbench.results import write_csv, write_json
 
     chosen = backend.select_device(device)
+    pause = bench.PAUSE_S
     if quick:
-        repeats, steps = 3, 10
+        repeats, steps, pause = 3, 10, 0.02
     folder = prepare_dir(out / "bench")
     total = len(bench.NETS) * len(bench.OPTIMIZERS)
     progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not err_console.is_terminal)
     with progress:
         task = progress.add_task("bench", total=total)
-        step_rows, update_rows, facts = bench.run_bench(chosen, repeats=repeats, steps=steps, progress=lambda: progress.advance(task))
+        step_rows, update_rows, facts = bench.run_bench(chosen, repeats=repeats, steps=steps, pause=pause,
+                                                        progress=lambda: progress.advance(task))
     steps_frame, updates_frame = pd.DataFrame(step_rows), pd.DataFrame(update_rows)
     machine = {**chosen.facts, **facts, "repeats": repeats, "steps": steps}
     written = [write_csv(steps_frame, folder / "steps.csv"), write_csv(updates_frame, folder / "updates.csv"),
