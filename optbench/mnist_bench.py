@@ -60,6 +60,8 @@ class MnistConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise OptbenchError(f"invalid --{name.replace('_', '-')} {value} (must be >= 1)")
+        if self.train_size is not None and self.train_size < self.batch_size:
+            raise OptbenchError(f"--batch-size {self.batch_size} is larger than --train-size {self.train_size}")
         if self.weight_decay < 0:
             raise OptbenchError(f"invalid --weight-decay {self.weight_decay} (must be >= 0)")
         if not self.hidden or any(h < 1 for h in self.hidden):
