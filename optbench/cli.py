@@ -203,33 +203,47 @@ def mnist_command(
         TimeElapsedColumn(), console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
     )
     status = "finished"
-    with progress:
-        for contender in contenders:
-            task = progress.add_task(contender.label, total=total, info="")
-
-            def on_step(done, task=task):
-                progress.update(task, completed=done)
-
-            def on_eval(record, task=task):
-                progress.update(task, info=f"epoch {record['epoch']}  loss {record['train_loss']:.3f}  acc {100 * record['test_acc']:.2f}%  {record['samples_per_s']:,.0f} samples/s")
-
-            run = mnist_bench.train_optimizer(contender.label, contender.cls, contender.hparams, config, data, chosen,
-                                              lr=lr, on_step=on_step, on_eval=on_eval)
-            runs.append(run)
-            if run.log.interrupted:
-                status = "interrupted"
-                break
-            # Written as each optimizer finishes, so that a later crash loses nothing finished.
-            mnist_bench.write_run(folder, runs, mnist_bench.manifest(config, chosen, runs, "running", started), plot=False)
+    try:
+        with progress:
+            _train_all(contenders, config, data, chosen, lr, progress, total, runs, folder, started)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    if runs and runs[-1].log.interrupted:
+        status = "interrupted"
     meta = mnist_bench.manifest(config, chosen, runs, status, started)
-    written = mnist_bench.write_run(folder, runs, meta, plot=plot)
-    summary = mnist_bench.read_runs([folder])[2]
-    if not quiet:
+    try:
+        written = mnist_bench.write_run(folder, runs, meta, plot=plot)
+    except KeyboardInterrupt:  # a second Ctrl-C: the CSVs and manifest are written first, whole
+        written, status = [], "interrupted"
+    if runs and written and not quiet:
+        summary = mnist_bench.read_runs([folder])[2]
         console.print(tables.mnist_summary(summary, f"{dataset}, {'-'.join(map(str, (784, *config.hidden, 10)))}, batch {config.batch_size}, {chosen.name}"))
         console.print(f"[dim]wrote {folder}/ ({', '.join(p.name for p in written)})[/]")
     if status == "interrupted":
         err_console.print(f"[yellow]interrupted[/]: kept what was trained, in {folder}")
         raise typer.Exit(130)
+
+
+def _train_all(contenders, config, data, chosen, lr, progress, total, runs, folder, started) -> None:
+    """Train each contender in turn, rewriting the run's files as each one finishes."""
+    from optbench import mnist_bench
+
+    for contender in contenders:
+        task = progress.add_task(contender.label, total=total, info="")
+
+        def on_step(done, task=task):
+            progress.update(task, completed=done)
+
+        def on_eval(record, task=task):
+            progress.update(task, info=f"epoch {record['epoch']}  loss {record['train_loss']:.3f}  acc {100 * record['test_acc']:.2f}%  {record['samples_per_s']:,.0f} samples/s")
+
+        run = mnist_bench.train_optimizer(contender.label, contender.cls, contender.hparams, config, data, chosen,
+                                          lr=lr, on_step=on_step, on_eval=on_eval)
+        runs.append(run)
+        if run.log.interrupted:
+            return
+        # Written as each optimizer finishes, so that a later crash loses nothing finished.
+        mnist_bench.write_run(folder, runs, mnist_bench.manifest(config, chosen, runs, "running", started), plot=False)
 
 
 @app.command("report")

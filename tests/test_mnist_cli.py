@@ -150,3 +150,21 @@ def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch
     summary = pd.read_csv(folder / "summary.csv")
     assert summary["optimizer"].tolist() == ["adam"] and summary["status"].tolist() == ["interrupted"]
     assert len(pd.read_csv(folder / "curves.csv")) == 12
+
+
+def test_interrupt_between_optimizers_is_marked_too(tmp_path, mnist_available, monkeypatch):
+    real_build = mnist_bench.build_network
+    calls = []
+
+    def build_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # while the second optimizer's network is being built
+            raise KeyboardInterrupt
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(mnist_bench, "build_network", build_then_ctrl_c)
+    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--iterations", "10", "--out", tmp_path, "--name", "cut2", "--no-plot")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    folder = tmp_path / "mnist" / "cut2"
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "interrupted"
+    assert pd.read_csv(folder / "summary.csv")["optimizer"].tolist() == ["adam"]
