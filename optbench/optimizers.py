@@ -647,20 +647,20 @@ def resolve_hparams(selected: list[tuple[str, type]], pairs: list[str]) -> dict[
     """Typed hyperparameters per selected optimizer from `--hp` strings.
 
     `name=value` applies to every selected optimizer that has `name` (and is an error when none
-    has it); `label.name=value` applies to that one and must be one of its hyperparameters.
+    has it); `label.name=value` applies to that one, must be one of its hyperparameters, and wins
+    over a bare `name=value` whatever their order.
     """
     labels = [label for label, _ in selected]
-    raw = parse_hparams(pairs, labels)
-    bare = {pair.partition("=")[0].strip() for pair in pairs if "." not in pair.partition("=")[0]}
-    for name in sorted(bare):
+    bare = parse_hparams([p for p in pairs if "." not in p.partition("=")[0]], labels)
+    targeted = parse_hparams([p for p in pairs if "." in p.partition("=")[0]], labels)
+    names = {pair.partition("=")[0].strip() for pair in pairs if "." not in pair.partition("=")[0]}
+    for name in sorted(names):
         if not any(name in getattr(cls, "defaults", {}) for _, cls in selected):
             raise OptbenchError(f"--hp {name}: no selected optimizer has it (see `optbench list`)")
-    typed = {}
-    for label, cls in selected:
-        shared = {k: v for k, v in raw[label].items() if k in bare}
-        own = {k: v for k, v in raw[label].items() if k not in bare}
-        typed[label] = {**hparams_for(cls, shared, strict=False), **hparams_for(cls, own, strict=True)}
-    return typed
+    return {
+        label: {**hparams_for(cls, bare[label], strict=False), **hparams_for(cls, targeted[label], strict=True)}
+        for label, cls in selected
+    }
 
 
 @dataclass(frozen=True)
@@ -678,7 +678,10 @@ def select_optimizers(specs: list[str], default: str = "all") -> list[tuple[str,
     for spec in specs or [default]:
         pairs = OPTIMIZERS.items() if spec == "all" else [(None, optimizer_class(spec))]
         for label, cls in pairs:
-            chosen.setdefault(label or optimizer_label(cls), cls)
+            label = label or optimizer_label(cls)
+            if label in chosen and chosen[label] is not cls:
+                raise OptbenchError(f"two optimizers are both called {label!r}: give {spec!r} a `name` of its own")
+            chosen.setdefault(label, cls)
     return list(chosen.items())
 
 

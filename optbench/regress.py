@@ -78,14 +78,55 @@ def load_suite(path: Path) -> Suite:
     kind = data.get("kind")
     if kind not in RUNNERS:
         raise OptbenchError(f"suite {path}: kind must be one of {', '.join(RUNNERS)}, got {kind!r}")
+    unknown = sorted(set(data) - {"kind", "name", "baseline", "tolerance"} - set(SETTINGS[kind]))
+    if unknown:
+        raise OptbenchError(f"suite {path}: unknown setting {unknown[0]!r} (a {kind} suite takes {', '.join(SETTINGS[kind])})")
+    for key, check in SETTINGS[kind].items():
+        if key in data and not check(data[key]):
+            raise OptbenchError(f"suite {path}: bad value for {key}: {data[key]!r}")
+    if kind == "mnist" and "iterations" not in data:
+        raise OptbenchError(f"suite {path}: an mnist suite needs `iterations`")
+    tables = data.get("tolerance", {})
+    if not isinstance(tables, dict):
+        raise OptbenchError(f"suite {path}: `tolerance` must be tables such as [tolerance.final_loss]")
     tolerances = {}
-    for metric, spec in data.get("tolerance", {}).items():
+    for metric, spec in tables.items():
         try:
             tolerances[metric] = Tolerance(**spec)
+            bad = [k for k, v in spec.items() if not isinstance(v, (int, float))]
         except TypeError as exc:
             raise OptbenchError(f"suite {path}: tolerance.{metric}: {exc}") from None
+        if bad:
+            raise OptbenchError(f"suite {path}: tolerance.{metric}.{bad[0]} must be a number")
     settings = {k: v for k, v in data.items() if k not in ("kind", "tolerance", "name")}
-    return Suite(path, data.get("name", path.stem), kind, settings, tolerances)
+    suite = Suite(path, data.get("name", path.stem), kind, settings, tolerances)
+    if kind == "mnist":
+        _mnist_config(suite).check()
+    return suite
+
+
+def _names(v) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _lr(v) -> bool:
+    return v in ("table", "default") or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+
+
+# The settings each kind of suite takes, with a check of each value.
+SETTINGS = {
+    "surface": {"optimizers": _names, "surfaces": _names, "lr": _lr,
+                "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0},
+    "mnist": {"optimizers": _names, "lr": _lr, "dataset": lambda v: isinstance(v, str), "data_dir": lambda v: isinstance(v, str),
+              "hidden": lambda v: isinstance(v, list) and v and all(_positive_int(h) for h in v),
+              "batch_size": _positive_int, "iterations": _positive_int, "train_size": _positive_int,
+              "test_size": _positive_int, "seed": lambda v: isinstance(v, int) and v >= 0,
+              "check_iterations": lambda v: isinstance(v, list) and all(_positive_int(i) for i in v)},
+}
 
 
 # --- running the suites ---------------------------------------------------------------------
@@ -136,15 +177,12 @@ def run_mnist_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
     that a different BLAS summation order causes.
     """
     from optbench.backend import select_device
-    from optbench.mnist_bench import MnistConfig, build_network, default_mnist_lr, load_data
+    from optbench.mnist_bench import build_network, default_mnist_lr, load_data
     from optbench.optimizers import instantiate
     from optbench.training import train
 
     s = suite.settings
-    config = MnistConfig(
-        dataset=s.get("dataset", "mnist"), hidden=tuple(s.get("hidden", (100, 100))), batch_size=int(s.get("batch_size", 128)),
-        iterations=int(s["iterations"]), seed=int(s.get("seed", 0)), train_size=s.get("train_size"), test_size=s.get("test_size"),
-    )
+    config = _mnist_config(suite)
     checkpoints = [int(i) for i in s.get("check_iterations", [config.iterations])]
     device = select_device("cpu")
     data = load_data(config, s.get("data_dir"), device)
@@ -154,7 +192,8 @@ def run_mnist_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
         if nudge is not None:
             signs = np.random.default_rng(nudge).choice([-1.0, 1.0], net.params.size).astype(np.float32)
             net.params[...] = np.nextafter(net.params, net.params + signs * np.float32(np.inf))
-        optimizer = instantiate(cls, lr=default_mnist_lr(label, cls))
+        lr = s.get("lr", "default")
+        optimizer = instantiate(cls, lr=default_mnist_lr(label, cls) if lr in ("default", "table") else float(lr))
         log = train(net, optimizer, *data, iterations=config.iterations, eval_every=config.iterations,
                     batch_size=config.batch_size, seed=config.seed)
         losses = np.array([r["train_loss"] for r in log.iterations])
@@ -166,6 +205,20 @@ def run_mnist_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
         rows.append((label, "final_test_acc", log.evaluations[-1]["test_acc"] if log.evaluations else math.nan))
         rows.append((label, "diverged", float(log.diverged)))
     return pd.DataFrame(rows, columns=["case", "metric", "value"])
+
+
+def _mnist_config(suite: Suite):
+    from optbench.mnist_bench import MnistConfig
+
+    s = suite.settings
+    config = MnistConfig(
+        dataset=s.get("dataset", "mnist"), hidden=tuple(s.get("hidden", (100, 100))), batch_size=int(s.get("batch_size", 128)),
+        iterations=int(s.get("iterations", 1)), seed=int(s.get("seed", 0)), train_size=s.get("train_size"), test_size=s.get("test_size"),
+    )
+    late = [i for i in s.get("check_iterations", []) if i > config.iterations]
+    if late:
+        raise OptbenchError(f"suite {suite.path}: check_iterations {late[0]} is past iterations {config.iterations}")
+    return config
 
 
 RUNNERS: dict[str, Callable[[Suite, int | None], pd.DataFrame]] = {"surface": run_surface_suite, "mnist": run_mnist_suite}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from optbench import results
+from optbench.errors import OptbenchError
 from optbench.optimizers import OPTIMIZERS, Contender, instantiate
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
@@ -61,6 +62,10 @@ def run_surface(
     """Run every contender on `surface`; lr precedence: --tune, then --hp lr, --lr, the table."""
     steps = steps or surface.steps
     start = tuple(start) if start is not None else surface.start
+    with np.errstate(all="ignore"):
+        start_loss = surface.value(np.asarray(start))
+    if not (np.all(np.isfinite(start)) and np.isfinite(start_loss)):
+        raise OptbenchError(f"--start {start[0]:g} {start[1]:g}: {surface.name} is not finite there (loss {start_loss:g})")
     trajectories, summaries, tunings = [], [], []
     for contender in contenders:
         hparams = {k: v for k, v in contender.hparams.items() if k != "lr"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optbench.optimizers import OPTIMIZERS
+from optbench.optimizers import OPTIMIZERS, instantiate
 from optbench.surfaces import Surface
 
 GAP_TOL = 1e-3  # steps_to_tol: the first step where loss - global minimum < GAP_TOL
@@ -121,7 +121,7 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     if cls in OPTIMIZERS.values():
         batch = run(surface, cls(lr=grid[:, None], **hparams), np.repeat(start, grid.size, axis=0), steps)
     else:
-        rows = [run(surface, cls(lr=float(lr), **hparams), start, steps) for lr in grid]
+        rows = [run(surface, instantiate(cls, lr=float(lr), **hparams), start, steps) for lr in grid]
         batch = TrajectoryBatch(
             np.concatenate([r.positions for r in rows], axis=1),
             np.concatenate([r.losses for r in rows], axis=1),

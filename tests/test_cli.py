@@ -172,3 +172,23 @@ def test_animate_writes_a_gif(tmp_path):
 
     with Image.open(gif) as movie:
         assert movie.n_frames == 16  # one frame per step, start included
+
+
+def test_a_start_where_the_surface_is_not_finite_is_refused(tmp_path):
+    result = invoke("surface", "--opt", "sgd", "--fn", "rosenbrock", "--start", "1e200", "1e200", "--out", tmp_path)
+    assert result.exit_code == 2 and "not finite" in result.output
+
+
+def test_a_targeted_hp_wins_over_a_bare_one_in_any_order(tmp_path):
+    for order in (["--hp", "momentum.momentum=0.99", "--hp", "momentum=0.5"], ["--hp", "momentum=0.5", "--hp", "momentum.momentum=0.99"]):
+        from optbench.optimizers import resolve_hparams, select_optimizers
+
+        typed = resolve_hparams(select_optimizers(["sgd", "momentum"]), order[1::2])
+        assert typed == {"sgd": {"momentum": 0.5}, "momentum": {"momentum": 0.99}}
+
+
+def test_two_optimizers_with_one_name_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text("from optbench.optimizers import Adam\nclass MyAdam(Adam):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("surface", "--opt", "adam", "--opt", "mine:MyAdam", "--out", tmp_path, "--no-plot")
+    assert result.exit_code == 2 and "both called 'adam'" in result.output

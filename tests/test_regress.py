@@ -111,3 +111,23 @@ def test_tolerance_rule():
     assert regress.Tolerance(exact=True).allows(0.0, 0.0, 5.0)[0]
     assert not regress.Tolerance(exact=True).allows(0.0, 1.0, 5.0)[0]
     assert tol.allows(float("nan"), float("nan"), 0.0)[0] and not tol.allows(float("nan"), 1.0, 0.0)[0]
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("kind = 'surface'\nlr = 'abc'\n", "bad value for lr"),
+        ("kind = 'surface'\noptimizer = ['adam']\n", "unknown setting 'optimizer'"),
+        ("kind = 'surface'\ntolerance = 5\n", "must be tables"),
+        ("kind = 'surface'\n[tolerance.gap]\nrel = 'x'\n", "tolerance.gap.rel must be a number"),
+        ("kind = 'mnist'\n", "needs `iterations`"),
+        ("kind = 'mnist'\niterations = 10\ntrain_size = 100\n", "larger than --train-size"),
+        ("kind = 'mnist'\niterations = 10\ncheck_iterations = [20]\n", "past iterations"),
+    ],
+)
+def test_malformed_suites_are_named(tmp_path, text, fragment):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = invoke("regress", "--suite", bad, "--update", "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and len(result.output.strip().splitlines()) == 1
