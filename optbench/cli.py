@@ -25,8 +25,9 @@ from optbench.surfaces import SURFACES
 # public BadParameter instead of importing click, so both layouts work.
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns and truncate numbers.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -257,7 +258,11 @@ def report_command(
     """Tables and plots again from saved runs, without training; CPU vs GPU when both are there."""
     from optbench import mnist_bench
 
-    curves, epochs, summary, _ = mnist_bench.read_runs(runs)
+    curves, epochs, summary, metas = mnist_bench.read_runs(runs)
+    for folder, meta in zip(runs, metas):
+        if meta.get("status") not in ("finished", None):
+            err_console.print(f"[yellow]warning:[/] {folder} is marked {meta.get('status')!r}: its numbers are partial")
+    curves, epochs, summary = mnist_bench.label_by_run(curves, epochs, summary)
     summary = mnist_bench.sort_summary(summary)
     console.print(tables.mnist_summary(summary, f"{len(runs)} run(s): {', '.join(p.name for p in runs)}"))
     comparison = mnist_bench.device_comparison(summary)

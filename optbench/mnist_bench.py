@@ -20,7 +20,7 @@ from optbench import __version__, datasets, results
 from optbench.backend import Device
 from optbench.errors import OptbenchError
 from optbench.mlp import MLP
-from optbench.optimizers import OPTIMIZERS, instantiate
+from optbench.optimizers import OPTIMIZERS, defaults_of, instantiate
 from optbench.training import TrainLog, train
 
 # torch.optim's default lr for each optimizer, except plain SGD and its momentum variants, whose
@@ -81,7 +81,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 def default_mnist_lr(label: str, cls: type) -> float:
     if cls is OPTIMIZERS.get(label) and label in MNIST_LRS:
         return MNIST_LRS[label]
-    return float(getattr(cls, "defaults", {}).get("lr", 1e-3))
+    return float(defaults_of(cls).get("lr", 1e-3))
 
 
 def load_data(config: MnistConfig, data_dir, device: Device, progress=None, notify=None):
@@ -242,6 +242,18 @@ def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
             metas.append({})
     return (pd.concat(curves, ignore_index=True), pd.concat(epochs, ignore_index=True),
             pd.concat(summaries, ignore_index=True), metas)
+
+
+def label_by_run(curves: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame):
+    """When one optimizer ran on one device in several runs, name each `optimizer [run]`, so
+    that tables and plots keep them apart."""
+    if not summary.duplicated(["optimizer", "device"]).any():
+        return curves, epochs, summary
+
+    def relabel(frame):
+        return frame.assign(optimizer=frame["optimizer"] + " [" + frame["run"] + "]")
+
+    return relabel(curves), relabel(epochs), relabel(summary)
 
 
 def device_comparison(summary: pd.DataFrame) -> pd.DataFrame | None:

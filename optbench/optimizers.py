@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -570,6 +571,19 @@ def _import_user_module(module_name: str):
         raise OptbenchError(f"cannot import optimizer module {module_name!r}: {exc}") from exc
 
 
+def defaults_of(cls: type) -> dict[str, Any]:
+    """An optimizer class's hyperparameters and defaults: its `defaults`, or for a plain class
+    without one, the keyword arguments of its constructor that have a default."""
+    defaults = getattr(cls, "defaults", None)
+    if isinstance(defaults, dict):
+        return defaults
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty and p.name != "self"}
+
+
 def optimizer_label(cls: type) -> str:
     """The name that appears in tables, CSVs and legends."""
     return getattr(cls, "name", "") or cls.__name__
@@ -617,7 +631,7 @@ def parse_hparams(pairs: list[str], labels: list[str]) -> dict[str, dict[str, st
 
 def hparams_for(cls: type, raw: dict[str, str], *, strict: bool) -> dict[str, Any]:
     """Type the raw `--hp` strings for `cls`; with `strict=False`, skip names it does not have."""
-    defaults = getattr(cls, "defaults", {})
+    defaults = defaults_of(cls)
     typed: dict[str, Any] = {}
     for name, text in raw.items():
         if name not in defaults:
@@ -655,7 +669,7 @@ def resolve_hparams(selected: list[tuple[str, type]], pairs: list[str]) -> dict[
     targeted = parse_hparams([p for p in pairs if "." in p.partition("=")[0]], labels)
     names = {pair.partition("=")[0].strip() for pair in pairs if "." not in pair.partition("=")[0]}
     for name in sorted(names):
-        if not any(name in getattr(cls, "defaults", {}) for _, cls in selected):
+        if not any(name in defaults_of(cls) for _, cls in selected):
             raise OptbenchError(f"--hp {name}: no selected optimizer has it (see `optbench list`)")
     return {
         label: {**hparams_for(cls, bare[label], strict=False), **hparams_for(cls, targeted[label], strict=True)}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from optbench import results
 from optbench.errors import OptbenchError
-from optbench.optimizers import OPTIMIZERS, Contender, instantiate
+from optbench.optimizers import OPTIMIZERS, Contender, defaults_of, instantiate
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
 from optbench.trajectories import TUNE_GRID, distance_to_minimum, run, steps_to_tol, tune_lr
@@ -39,7 +39,7 @@ def default_lr(surface: Surface, contender: Contender) -> float:
     table = SURFACE_LRS.get(surface.name, {})
     if contender.cls is OPTIMIZERS.get(contender.label) and contender.label in table:
         return table[contender.label]
-    return float(getattr(contender.cls, "defaults", {}).get("lr", 1e-3))
+    return float(defaults_of(contender.cls).get("lr", 1e-3))
 
 
 @dataclass

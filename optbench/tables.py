@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
 from optbench.optimizers import OPTIMIZERS
@@ -29,7 +30,7 @@ def surface_summary(summary: pd.DataFrame, title: str) -> Table:
     for name in names:
         table.add_column(name, justify="right")
     for rank, row in enumerate(summary.itertuples(), start=1):
-        label = f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else row.optimizer
+        label = escape(f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else row.optimizer)
         cells = [_number(row.lr, 3), _number(row.final_loss)]
         if bounded:
             cells += [_number(row.gap, 3), _number(row.dist_to_min, 3), _number(row.steps_to_tol)]
@@ -79,7 +80,7 @@ def mnist_summary(summary: pd.DataFrame, title: str) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for rank, row in enumerate(summary.itertuples(), start=1):
         status = getattr(row, "status", "finished")
-        label = row.optimizer if status == "finished" else f"{row.optimizer} ({status})"
+        label = escape(row.optimizer if status == "finished" else f"{row.optimizer} ({status})")
         table.add_row(
             str(rank), label, *([row.device] if several_devices else []), _number(row.lr, 3), _number(row.epochs, 3),
             _percent(row.best_test_acc), _percent(row.final_test_acc), _number(row.final_train_loss, 3),
@@ -96,7 +97,7 @@ def device_comparison(table_frame: pd.DataFrame) -> Table:
         table.add_column(name, justify="right")
     for row in table_frame.itertuples():
         table.add_row(
-            row.optimizer, _thousands(row.cpu_samples_per_s), _thousands(row.gpu_samples_per_s),
+            escape(row.optimizer), _thousands(row.cpu_samples_per_s), _thousands(row.gpu_samples_per_s),
             f"{row.gpu_speedup:.2f}×", _number(row.cpu_epoch_seconds, 3), _number(row.gpu_epoch_seconds, 3),
             _percent(row.cpu_best_test_acc), _percent(row.gpu_best_test_acc),
         )
@@ -118,7 +119,7 @@ def regression(comparison: pd.DataFrame, title: str) -> Table:
         table.add_column(name, justify=justify, no_wrap=name in ("case", "metric", "status"))
     for row in comparison.itertuples():
         color = "green" if row.status == "ok" else "red"
-        table.add_row(row.suite, row.case, row.metric, _number(row.baseline, 6), _number(row.now, 6),
+        table.add_row(escape(row.suite), escape(row.case), escape(row.metric), _number(row.baseline, 6), _number(row.now, 6),
                       _number(row.delta, 3), _number(row.tolerance, 3), f"[{color}]{row.status}[/]")
     return table
 
@@ -128,7 +129,7 @@ def baseline_changes(changed: pd.DataFrame, title: str) -> Table:
     for name in ("case", "metric", "old", "new"):
         table.add_column(name, justify="left" if name in ("case", "metric") else "right")
     for row in changed.itertuples():
-        table.add_row(row.case, row.metric, _number(row.old, 6), _number(row.new, 6))
+        table.add_row(escape(row.case), escape(row.metric), _number(row.old, 6), _number(row.new, 6))
     return table
 
 

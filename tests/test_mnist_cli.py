@@ -168,3 +168,31 @@ def test_interrupt_between_optimizers_is_marked_too(tmp_path, mnist_available, m
     folder = tmp_path / "mnist" / "cut2"
     assert json.loads((folder / "manifest.json").read_text())["status"] == "interrupted"
     assert pd.read_csv(folder / "summary.csv")["optimizer"].tolist() == ["adam"]
+
+
+def test_a_plain_optimizer_class_uses_its_own_default_lr(tmp_path, mnist_available, monkeypatch):
+    (tmp_path / "plain.py").write_text(
+        "class Plain:\n"
+        "    def __init__(self, lr=0.05):\n"
+        "        self.lr = lr\n"
+        "    def init(self, p):\n"
+        "        return {}\n"
+        "    def update(self, p, g, state):\n"
+        "        p -= self.lr * g\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("mnist", "--opt", "plain:Plain", *SMALL, "--iterations", "5", "--out", tmp_path, "--name", "p", "--no-plot", "-q")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "mnist" / "p" / "summary.csv")["lr"].tolist() == [0.05]
+    result = invoke("mnist", "--opt", "plain:Plain", "--hp", "lr=0.1", *SMALL, "--iterations", "5", "--out", tmp_path, "--name", "q", "--no-plot", "-q")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "mnist" / "q" / "summary.csv")["lr"].tolist() == [0.1]
+
+
+def test_report_keeps_two_runs_of_one_optimizer_apart(tmp_path, mnist_available):
+    for name in ("one", "two"):
+        result = invoke("mnist", "--opt", "sgd", *SMALL, "--iterations", "5", "--out", tmp_path, "--name", name, "--no-plot", "-q")
+        assert result.exit_code == 0, result.output
+    result = invoke("report", tmp_path / "mnist" / "one", tmp_path / "mnist" / "two", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "sgd [one]" in result.output and "sgd [two]" in result.output
