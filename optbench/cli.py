@@ -167,18 +167,10 @@ def mnist_command(
 ) -> None:
     """Train the MLP on MNIST or Fashion-MNIST with each optimizer; compare curves, accuracy, time."""
     from optbench import backend, datasets, mnist_bench
-    from optbench.mlp import ACTIVATIONS, INITS
-
     if compare not in (None, "all"):
         raise OptbenchError(f"--compare {compare!r}: only 'all' (or list optimizers with --opt)")
     if lr is not None and lr <= 0:
         raise OptbenchError(f"invalid --lr {lr} (must be > 0)")
-    if activation not in ACTIVATIONS:
-        raise OptbenchError(f"unknown --activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
-    if init not in INITS:
-        raise OptbenchError(f"unknown --init {init!r} (choose from {', '.join(INITS)})")
-    if not 0 <= dropout < 1:
-        raise OptbenchError(f"invalid --dropout {dropout} (must be in [0, 1))")
     datasets.get_spec(dataset)
     config = mnist_bench.MnistConfig(
         dataset=dataset, hidden=mnist_bench.parse_hidden(hidden), activation=activation, init=init, dropout=dropout,

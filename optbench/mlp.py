@@ -35,16 +35,22 @@ def softmax_cross_entropy(logits, labels):
     return loss, grad
 
 
+def check_options(activation: str, init: str, dropout: float, prefix: str = "") -> None:
+    """Refuse network options the MLP does not have, naming the choices (`prefix` "--" names
+    them as command-line options)."""
+    if activation not in ACTIVATIONS:
+        raise OptbenchError(f"unknown {prefix}activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
+    if init not in INITS:
+        raise OptbenchError(f"unknown {prefix}init {init!r} (choose from {', '.join(INITS)})")
+    if not 0 <= dropout < 1:
+        raise OptbenchError(f"invalid {prefix}dropout {dropout} (must be in [0, 1))")
+
+
 class MLP:
     """`sizes` = (784, 100, ..., 10). Parameters live in `params`; `grads` mirrors it."""
 
     def __init__(self, sizes, *, activation="relu", init="he", dropout=0.0, batchnorm=False, seed=0, xp=np, dtype=np.float32):
-        if activation not in ACTIVATIONS:
-            raise OptbenchError(f"unknown activation {activation!r} (choose from {', '.join(ACTIVATIONS)})")
-        if init not in INITS:
-            raise OptbenchError(f"unknown init {init!r} (choose from {', '.join(INITS)})")
-        if not 0 <= dropout < 1:
-            raise OptbenchError(f"invalid dropout {dropout} (must be in [0, 1))")
+        check_options(activation, init, dropout)
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
             raise OptbenchError(f"invalid layer sizes {sizes}")
         self.sizes = tuple(int(s) for s in sizes)

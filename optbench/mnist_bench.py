@@ -19,7 +19,7 @@ import pandas as pd
 from optbench import __version__, datasets, results
 from optbench.backend import Device
 from optbench.errors import OptbenchError
-from optbench.mlp import MLP
+from optbench.mlp import MLP, check_options
 from optbench.optimizers import OPTIMIZERS, defaults_of, instantiate
 from optbench.training import TrainLog, train
 
@@ -53,6 +53,7 @@ class MnistConfig:
     test_size: int | None = None
 
     def check(self) -> None:
+        check_options(self.activation, self.init, self.dropout, prefix="--")
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise OptbenchError(f"invalid --{name.replace('_', '-')} {getattr(self, name)} (must be >= 1)")
