@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from optbench import kernels
+from optbench import gpu_kernels, kernels
 from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
 
@@ -81,6 +81,15 @@ def _square_avg_(avg, g, decay: float, work) -> None:
     get_array_module(avg).multiply(g, 1 - decay, out=work)
     work *= g
     avg += work
+
+
+def _fused_kernels(p, g, lr):
+    """The module of one-pass kernels for these arrays (Numba on the CPU, CUDA on the GPU), if any."""
+    if kernels.usable(p, g, lr):
+        return kernels
+    if gpu_kernels.usable(p, g, lr):
+        return gpu_kernels
+    return None
 
 
 class Optimizer:
@@ -160,8 +169,9 @@ class SGD(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         state["step"] += 1
-        if kernels.usable(p, g, self.lr):
-            return kernels.sgd(self, p, g, state)  # the same arithmetic in one fused pass
+        fused = _fused_kernels(p, g, self.lr)
+        if fused:
+            return fused.sgd(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, work = _work(state, p, 2)
         if self.weight_decay != 0:
@@ -260,8 +270,9 @@ class RMSprop(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         state["step"] += 1
-        if kernels.usable(p, g, self.lr):
-            return kernels.rmsprop(self, p, g, state)  # the same arithmetic in one fused pass
+        fused = _fused_kernels(p, g, self.lr)
+        if fused:
+            return fused.rmsprop(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, avg = _work(state, p, 2)
         if self.weight_decay != 0:
@@ -350,8 +361,9 @@ class Adam(Optimizer):
 
     def update(self, p, g, state: dict) -> None:
         state["step"] += 1
-        if kernels.usable(p, g, self.lr):
-            return kernels.adam(self, p, g, state)  # the same arithmetic in one fused pass
+        fused = _fused_kernels(p, g, self.lr)
+        if fused:
+            return fused.adam(self, p, g, state)  # the same arithmetic in one fused pass
         xp = get_array_module(p)
         decayed, denom = _work(state, p, 2)
         t = state["step"]

@@ -11,6 +11,8 @@ import pytest
 
 from optbench.backend import _gpu_unavailable_reason, select_device
 
+from fused_settings import SETTINGS
+
 reason = _gpu_unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no GPU for the CuPy path: {reason}")
 
@@ -32,6 +34,30 @@ def test_optimizer_steps_agree_on_numpy_and_cupy(name):
         opt.update(p_gpu, cupy.asarray(g), s_gpu)
     assert p_gpu.dtype == cupy.float32 and all(v.dtype == cupy.float32 for v in s_gpu.values() if hasattr(v, "dtype"))
     np.testing.assert_allclose(cupy.asnumpy(p_gpu), p_cpu, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, hparams", SETTINGS)
+def test_fused_gpu_kernel_equals_the_numpy_ufunc_rule_bitwise(name, hparams, dtype):
+    """Compiled without FMA contraction, the one-kernel update rounds exactly as NumPy does."""
+    import cupy
+
+    from optbench import gpu_kernels
+    from optbench.optimizers import make_optimizer
+
+    rng = np.random.default_rng(0)
+    plain_p = rng.standard_normal((1, 10_001)).astype(dtype)  # 2-D NumPy: the ufunc path
+    fused_p = cupy.asarray(plain_p[0])
+    opt = make_optimizer(name, lr=0.01, **hparams)
+    plain_state, fused_state = opt.init(plain_p), opt.init(fused_p)
+    for step in range(30):
+        g = (rng.standard_normal((1, 10_001)) * 0.9**step).astype(dtype)
+        g_gpu = cupy.asarray(g[0])
+        assert gpu_kernels.usable(fused_p, g_gpu, opt.lr)
+        opt.update(plain_p, g, plain_state)
+        opt.update(fused_p, g_gpu, fused_state)
+        np.testing.assert_array_equal(cupy.asnumpy(fused_p), plain_p[0], err_msg=f"step {step + 1}")
+    assert "work" not in fused_state  # the fused path needs no work arrays
 
 
 @pytest.mark.skipif(os.environ.get("CUPY_TF32", "0") != "0", reason="CUPY_TF32 rounds matrix products to 10-bit mantissas")

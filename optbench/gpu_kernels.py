@@ -1,0 +1,233 @@
+"""Fused GPU kernels: each optimizer's update as one CuPy elementwise kernel, one pass per step.
+
+The update rules in `optimizers.py` are the definition; on CuPy, written with ufuncs, they
+launch 8 to 15 kernels per update, each a pass over every parameter. Here each rule is one
+CUDA C body doing the same IEEE operations in the same order, every scalar rounded to the
+array's dtype first (as NumPy and CuPy do with a Python float). It is compiled with
+`--fmad=false`, because NVRTC would otherwise contract `a * b + c` into one fused multiply-add
+and round once where the ufunc rules round twice; CUDA's float `sqrt` and `/` are correctly
+rounded by default. So the kernel gives bitwise the ufunc path's numbers.
+
+Each body is also valid host C++: `tests/test_gpu_kernels.py` compiles every variant with the
+system's C++ compiler and checks it bitwise against the NumPy ufunc rules, on machines without a
+GPU, and compiles the kernels with nvcc for the H100 where nvcc exists. `tests/test_gpu.py`
+checks them against NumPy on a real GPU.
+
+A setting that has no state array (SGD without momentum, Adam without AMSGrad, ...) gets its
+own variant of the kernel, chosen by the `#if` flags, rather than a dummy array.
+Used for 1-D contiguous CuPy parameters with a scalar learning rate (the MLP's flat buffer).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from optbench.backend import get_array_module
+
+# Round every operation on its own, as NumPy does: no contraction into fused multiply-adds.
+COMPILE_OPTIONS = ("--fmad=false",)
+
+
+@dataclass(frozen=True)
+class FusedUpdate:
+    """One kernel: its arrays (read; read and written), scalar parameters, flags and body."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    scalars: tuple[tuple[str, str], ...]  # (C type: "T" is the array's, or "bool"; name)
+    body: str
+    flags: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def kernel_name(self) -> str:
+        return "optbench_" + self.name + "".join(f"_{k.lower()}{v}" for k, v in self.flags)
+
+    @property
+    def preamble(self) -> str:
+        return "".join(f"#define {k} {v}\n" for k, v in self.flags)
+
+
+_SGD_BODY = """
+T d = g;
+if (wd != 0) d = p * wd + d;
+#if MOMENTUM
+if (first) {
+    buf = d;
+} else {
+    T b = buf * momentum;
+    buf = dampened ? b + d * one_minus_dampening : b + d;
+}
+d = nesterov ? buf * momentum + d : buf;
+#endif
+p = p - d * lr;
+"""
+
+_ADAM_BODY = """
+T q = p;
+T d = g;
+if (decoupled) q = q * decay_factor;
+else if (wd != 0) d = q * wd + d;
+T diff = d - m;
+m = small ? m + diff * w : d - diff * one_minus_w;  /* torch's lerp */
+v = v * b2 + (d * one_minus_b2) * d;
+#if AMSGRAD
+vmax = (vmax > v || vmax != vmax) ? vmax : v;  /* np.maximum: NaN wins */
+T second = vmax;
+#else
+T second = v;
+#endif
+T denom = sqrt(second) / bc2_sqrt + eps;
+p = q + (m * neg_step_size) / denom;
+"""
+
+_RMSPROP_BODY = """
+T d = g;
+if (wd != 0) d = p * wd + d;
+square_avg = square_avg * alpha + (d * one_minus_alpha) * d;
+#if CENTERED
+T diff = d - grad_avg;
+grad_avg = small ? grad_avg + diff * w : d - diff * one_minus_w;
+T avg = sqrt(square_avg - grad_avg * grad_avg) + eps;
+#else
+T avg = sqrt(square_avg) + eps;
+#endif
+#if MOMENTUM
+buf = buf * momentum + d / avg;
+p = p - buf * lr;
+#else
+p = p + (d * neg_lr) / avg;
+#endif
+"""
+
+
+def _sgd(momentum: bool) -> FusedUpdate:
+    return FusedUpdate(
+        "sgd", ("g",), ("p", "buf") if momentum else ("p",),
+        (("T", "wd"), ("T", "momentum"), ("T", "one_minus_dampening"), ("bool", "dampened"), ("bool", "nesterov"),
+         ("bool", "first"), ("T", "lr")),
+        _SGD_BODY, (("MOMENTUM", int(momentum)),),
+    )
+
+
+def _adam(amsgrad: bool) -> FusedUpdate:
+    return FusedUpdate(
+        "adam", ("g",), ("p", "m", "v", "vmax") if amsgrad else ("p", "m", "v"),
+        (("T", "decay_factor"), ("bool", "decoupled"), ("T", "wd"), ("T", "w"), ("bool", "small"), ("T", "one_minus_w"),
+         ("T", "b2"), ("T", "one_minus_b2"), ("T", "bc2_sqrt"), ("T", "eps"), ("T", "neg_step_size")),
+        _ADAM_BODY, (("AMSGRAD", int(amsgrad)),),
+    )
+
+
+def _rmsprop(centered: bool, momentum: bool) -> FusedUpdate:
+    return FusedUpdate(
+        "rmsprop", ("g",), ("p", "square_avg") + (("grad_avg",) if centered else ()) + (("buf",) if momentum else ()),
+        (("T", "wd"), ("T", "alpha"), ("T", "one_minus_alpha"), ("T", "w"), ("bool", "small"), ("T", "one_minus_w"),
+         ("T", "eps"), ("T", "momentum"), ("T", "lr"), ("T", "neg_lr")),
+        _RMSPROP_BODY, (("CENTERED", int(centered)), ("MOMENTUM", int(momentum))),
+    )
+
+
+VARIANTS: tuple[FusedUpdate, ...] = (
+    _sgd(False), _sgd(True), _adam(False), _adam(True),
+    _rmsprop(False, False), _rmsprop(False, True), _rmsprop(True, False), _rmsprop(True, True),
+)
+
+
+# -- what each optimizer's update passes to its kernel -----------------------------------------------
+# Each returns (kernel, arrays by name, scalars by name) for one update; `state["step"]` has
+# already been counted. The same plans drive the GPU launch and the host test.
+
+def plan_sgd(opt, p, g, state):
+    t = p.dtype.type
+    arrays = {"p": p, "g": g}
+    momentum = opt.momentum != 0
+    first = state["momentum_buffer"] is None
+    if momentum:
+        if first:
+            state["momentum_buffer"] = get_array_module(p).empty_like(p)
+        arrays["buf"] = state["momentum_buffer"]
+    scalars = {"wd": t(opt.weight_decay), "momentum": t(opt.momentum), "one_minus_dampening": t(1 - opt.dampening),
+               "dampened": bool(opt.dampening), "nesterov": bool(opt.nesterov), "first": first, "lr": t(opt.lr)}
+    return _sgd(momentum), arrays, scalars
+
+
+def plan_adam(opt, p, g, state):
+    t = p.dtype.type
+    step = state["step"]
+    w = 1 - opt.beta1
+    arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
+    if opt.amsgrad:
+        arrays["vmax"] = state["max_exp_avg_sq"]
+    scalars = {
+        "decay_factor": t(1 - opt.lr * opt.weight_decay),
+        "decoupled": bool(opt.decoupled_weight_decay and opt.weight_decay != 0), "wd": t(opt.weight_decay),
+        "w": t(w), "small": abs(w) < 0.5, "one_minus_w": t(1 - w), "b2": t(opt.beta2), "one_minus_b2": t(1 - opt.beta2),
+        "bc2_sqrt": t((1 - opt.beta2**step) ** 0.5), "eps": t(opt.eps), "neg_step_size": t(-(opt.lr / (1 - opt.beta1**step))),
+    }
+    return _adam(bool(opt.amsgrad)), arrays, scalars
+
+
+def plan_rmsprop(opt, p, g, state):
+    t = p.dtype.type
+    w = 1 - opt.alpha
+    arrays = {"p": p, "g": g, "square_avg": state["square_avg"]}
+    if opt.centered:
+        arrays["grad_avg"] = state["grad_avg"]
+    if opt.momentum > 0:
+        arrays["buf"] = state["momentum_buffer"]
+    scalars = {"wd": t(opt.weight_decay), "alpha": t(opt.alpha), "one_minus_alpha": t(1 - opt.alpha), "w": t(w),
+               "small": abs(w) < 0.5, "one_minus_w": t(1 - w), "eps": t(opt.eps), "momentum": t(opt.momentum),
+               "lr": t(opt.lr), "neg_lr": t(-opt.lr)}
+    return _rmsprop(bool(opt.centered), opt.momentum > 0), arrays, scalars
+
+
+# -- on the GPU ------------------------------------------------------------------------------------
+
+def usable(p, g, lr) -> bool:
+    """Whether a fused kernel may replace the ufunc path for this update (CuPy arrays only)."""
+    return (
+        type(p).__module__.startswith("cupy")
+        and type(g) is type(p)
+        and p.ndim == 1
+        and p.dtype == g.dtype
+        and p.dtype in (np.float32, np.float64)
+        and p.flags.c_contiguous
+        and g.flags.c_contiguous
+        and np.isscalar(lr)
+    )
+
+
+@functools.cache
+def _elementwise(fused: FusedUpdate):
+    import cupy
+
+    scalars = ", ".join(f"{ctype} {name}" for ctype, name in fused.scalars)
+    inputs = ", ".join(f"T {name}" for name in fused.inputs) + ", " + scalars
+    outputs = ", ".join(f"T {name}" for name in fused.outputs)
+    return cupy.ElementwiseKernel(inputs, outputs, fused.body, fused.kernel_name, preamble=fused.preamble,
+                                  options=COMPILE_OPTIONS, no_return=True)
+
+
+def launch(fused: FusedUpdate, arrays: dict, scalars: dict) -> None:
+    kernel = _elementwise(fused)
+    kernel(*(arrays[n] for n in fused.inputs), *(scalars[n] for _, n in fused.scalars),
+           *(arrays[n] for n in fused.outputs))
+
+
+def sgd(opt, p, g, state) -> None:
+    """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD.update` in one kernel."""
+    launch(*plan_sgd(opt, p, g, state))
+
+
+def adam(opt, p, g, state) -> None:
+    """Adam, AMSGrad and AdamW: `optimizers.Adam.update` in one kernel."""
+    launch(*plan_adam(opt, p, g, state))
+
+
+def rmsprop(opt, p, g, state) -> None:
+    """RMSprop, centered and with momentum: `optimizers.RMSprop.update` in one kernel."""
+    launch(*plan_rmsprop(opt, p, g, state))

@@ -1,0 +1,160 @@
+"""The fused GPU kernels' bodies give bitwise the numbers of the ufunc update rules.
+
+No GPU is needed: every kernel body is also valid C++, so it is compiled here for the host, in
+a loop shaped like CuPy's elementwise loop, and run on the same plans (kernel variant, arrays,
+scalars) that the GPU launch uses. Where nvcc exists, the kernels are also compiled for the H100
+and the PTX is read for the rounding the bitwise agreement needs. The real launch through CuPy is
+tested on a GPU in test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from optbench import gpu_kernels
+from optbench.gpu_kernels import VARIANTS, FusedUpdate
+from optbench.optimizers import make_optimizer
+
+from fused_settings import SETTINGS
+
+CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+C_TYPES = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}
+
+PLANS = {"sgd": gpu_kernels.plan_sgd, "momentum": gpu_kernels.plan_sgd, "nesterov": gpu_kernels.plan_sgd,
+         "adam": gpu_kernels.plan_adam, "adamw": gpu_kernels.plan_adam, "amsgrad": gpu_kernels.plan_adam,
+         "rmsprop": gpu_kernels.plan_rmsprop}
+
+
+def host_function_name(fused: FusedUpdate, ctype: str) -> str:
+    return f"{fused.kernel_name}_{ctype}"
+
+
+def loop_source(fused: FusedUpdate, ctype: str, *, device: bool) -> str:
+    """One variant as a function looping over the elements, each array bound by reference as
+    CuPy binds it (outputs `T &p`, inputs `const T &g`)."""
+    params = ["long long n"]
+    params += [f"T *_raw_{n}" for n in fused.outputs] + [f"const T *_raw_{n}" for n in fused.inputs]
+    params += [f"{t} {n}" for t, n in fused.scalars]
+    bind = " ".join([f"T &{n} = _raw_{n}[i];" for n in fused.outputs] + [f"const T &{n} = _raw_{n}[i];" for n in fused.inputs])
+    if device:
+        head = f'extern "C" __global__ void {fused.kernel_name}({", ".join(params)})'
+        loop = "for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x)"
+    else:
+        head = f'extern "C" void {host_function_name(fused, ctype)}({", ".join(params)})'
+        loop = "for (long long i = 0; i < n; ++i)"
+    undef = "".join(f"#undef {k}\n" for k, _ in fused.flags)
+    return (f"{fused.preamble}typedef {ctype} T;\n{head} {{\n  {loop} {{\n    {bind}\n{fused.body}\n  }}\n}}\n{undef}")
+
+
+@pytest.fixture(scope="module")
+def host_library(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler to build the kernel bodies for the host")
+    folder = tmp_path_factory.mktemp("fused")
+    units = []
+    for i, fused in enumerate(VARIANTS):
+        for ctype, _ in C_TYPES.values():
+            units.append(f"namespace unit{i}_{ctype} {{\n{loop_source(fused, ctype, device=False)}}}\n")
+    source = folder / "fused.cpp"
+    source.write_text("#include <cmath>\nusing std::sqrt;\n" + "".join(units))
+    library = folder / "fused.so"
+    # No contraction into FMAs and no fast-math: each operation rounds on its own, as in NumPy.
+    subprocess.run([CXX, "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-o", str(library),
+                    str(source)], check=True, capture_output=True)
+    return ctypes.CDLL(str(library))
+
+
+def run_on_host(library, fused: FusedUpdate, arrays: dict, scalars: dict) -> None:
+    dtype = arrays["p"].dtype.type
+    ctype, c_scalar = C_TYPES[dtype]
+    function = getattr(library, host_function_name(fused, ctype))
+    pointer = ctypes.POINTER(c_scalar)
+    args = [ctypes.c_longlong(arrays["p"].size)]
+    for name in fused.outputs + fused.inputs:
+        a = arrays[name]
+        assert a.dtype == dtype and a.flags.c_contiguous and a.size == arrays["p"].size
+        args.append(a.ctypes.data_as(pointer))
+    for ctype_name, name in fused.scalars:
+        value = scalars[name]
+        if ctype_name == "bool":
+            assert isinstance(value, bool), name
+            args.append(ctypes.c_bool(value))
+        else:
+            assert type(value) is dtype, f"{name} is {type(value).__name__}, not the arrays' {dtype.__name__}"
+            args.append(c_scalar(value))
+    function(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, hparams", SETTINGS)
+def test_kernel_body_equals_the_ufunc_rule_bitwise(host_library, name, hparams, dtype):
+    rng = np.random.default_rng(1)
+    fused_p = rng.standard_normal(10_001).astype(dtype)
+    plain_p = fused_p.reshape(1, -1).copy()  # 2-D: the ufunc path
+    opt = make_optimizer(name, lr=0.01, **hparams)
+    fused_state, plain_state = opt.init(fused_p), opt.init(plain_p)
+    for step in range(30):
+        # Gradients that shrink and change sign, so AMSGrad's maximum and lerp both matter.
+        g = (rng.standard_normal(10_001) * 0.9**step).astype(dtype)
+        fused_state["step"] += 1
+        fused, arrays, scalars = PLANS[name](opt, fused_p, g, fused_state)
+        assert fused in VARIANTS
+        run_on_host(host_library, fused, arrays, scalars)
+        opt.update(plain_p, g.reshape(1, -1), plain_state)
+        np.testing.assert_array_equal(fused_p, plain_p[0], err_msg=f"step {step + 1}")
+    for key, value in plain_state.items():
+        if key != "work" and isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(fused_state[key], value[0], err_msg=key)
+
+
+def test_nan_propagates_like_numpy_maximum(host_library):
+    opt = make_optimizer("amsgrad", lr=0.01)
+    fused_p = np.array([1.0, 2.0, 3.0])
+    plain_p = fused_p.reshape(1, -1).copy()
+    fused_state, plain_state = opt.init(fused_p), opt.init(plain_p)
+    for g in ([0.1, np.nan, 0.3], [0.2, 0.1, np.nan]):
+        g = np.array(g)
+        fused_state["step"] += 1
+        run_on_host(host_library, *gpu_kernels.plan_adam(opt, fused_p, g, fused_state))
+        opt.update(plain_p, g.reshape(1, -1), plain_state)
+    np.testing.assert_array_equal(fused_p, plain_p[0])
+    np.testing.assert_array_equal(fused_state["max_exp_avg_sq"], plain_state["max_exp_avg_sq"][0])
+
+
+def test_every_variant_is_reachable_from_a_setting():
+    reached = set()
+    for name, hparams in SETTINGS:
+        opt = make_optimizer(name, lr=0.01, **hparams)
+        p = np.zeros(3, dtype=np.float32)
+        state = opt.init(p)
+        state["step"] = 1
+        reached.add(PLANS[name](opt, p, p.copy(), state)[0])
+    assert reached == set(VARIANTS)
+
+
+def test_numpy_arrays_never_take_the_gpu_kernels():
+    p = np.zeros(4, dtype=np.float32)
+    assert not gpu_kernels.usable(p, p.copy(), 0.01)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: the kernels are not compiled for the GPU here")
+def test_kernels_compile_for_the_h100_with_correctly_rounded_arithmetic(tmp_path):
+    source = tmp_path / "fused.cu"
+    source.write_text("".join(loop_source(f, "float", device=True) for f in VARIANTS))
+    ptx = tmp_path / "fused.ptx"
+    # The options CuPy passes to NVRTC are nvcc's too.
+    subprocess.run(["nvcc", "-arch=sm_90", *gpu_kernels.COMPILE_OPTIONS, "--ptx", "-o", str(ptx), str(source)], check=True, capture_output=True)
+    text = ptx.read_text()
+    for fused in VARIANTS:
+        assert f".entry {fused.kernel_name}(" in text
+    # The rounding that bitwise agreement with NumPy needs: no fused multiply-adds, IEEE
+    # square roots and divisions (not the approximate forms).
+    assert not re.search(r"\bfma\.", text)
+    assert "sqrt.rn.f32" in text and "div.rn.f32" in text
+    assert not re.search(r"\b(sqrt|div|rsqrt)\.approx", text)
