@@ -103,6 +103,65 @@ p = p + (d * neg_lr) / avg;
 #endif
 """
 
+_ADAGRAD_BODY = """
+T d = g;
+if (wd != 0) d = p * wd + d;
+acc = acc + d * d;
+T denom = sqrt(acc) + eps;
+p = p + (d * neg_clr) / denom;
+"""
+
+_ADADELTA_BODY = """
+T d = g;
+if (wd != 0) d = p * wd + d;
+square_avg = square_avg * rho + (d * one_minus_rho) * d;
+T delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * d;
+acc_delta = acc_delta * rho + (delta * one_minus_rho) * delta;
+p = p - delta * lr;
+"""
+
+_NADAM_BODY = """
+T q = p;
+T d = g;
+if (decoupled) q = q * decay_factor;
+else if (wd != 0) d = q * wd + d;
+T diff = d - m;
+m = small ? m + diff * w : d - diff * one_minus_w;
+v = v * b2 + (d * one_minus_b2) * d;
+T denom = sqrt(v / bias_correction2) + eps;
+q = q + (d * grad_coef) / denom;
+p = q + (m * avg_coef) / denom;
+"""
+
+_RADAM_BODY = """
+T q = p;
+T d = g;
+if (decoupled) q = q * decay_factor;
+else if (wd != 0) d = q * wd + d;
+T diff = d - m;
+m = small ? m + diff * w : d - diff * one_minus_w;
+v = v * b2 + (d * one_minus_b2) * d;
+T step = m / bias_correction1 * lr;
+if (rectified) step = step * (bc2_sqrt / (sqrt(v) + eps)) * rect;  /* else: SGD with momentum */
+p = q - step;
+"""
+
+_ADAMAX_BODY = """
+T d = g;
+if (wd != 0) d = p * wd + d;
+T diff = d - m;
+m = small ? m + diff * w : d - diff * one_minus_w;
+T decayed = u * b2;
+T bound = fabs(d) + eps;
+u = (decayed > bound || decayed != decayed) ? decayed : bound;  /* np.maximum: NaN wins */
+p = p + (m * neg_clr) / u;
+"""
+
+
+# Scalars shared by several kernels: decoupled (AdamW-style) or L2 weight decay, and torch's lerp.
+_DECAY = (("T", "decay_factor"), ("bool", "decoupled"), ("T", "wd"))
+_LERP = (("T", "w"), ("bool", "small"), ("T", "one_minus_w"))
+
 
 def _sgd(momentum: bool) -> FusedUpdate:
     return FusedUpdate(
@@ -116,8 +175,7 @@ def _sgd(momentum: bool) -> FusedUpdate:
 def _adam(amsgrad: bool) -> FusedUpdate:
     return FusedUpdate(
         "adam", ("g",), ("p", "m", "v", "vmax") if amsgrad else ("p", "m", "v"),
-        (("T", "decay_factor"), ("bool", "decoupled"), ("T", "wd"), ("T", "w"), ("bool", "small"), ("T", "one_minus_w"),
-         ("T", "b2"), ("T", "one_minus_b2"), ("T", "bc2_sqrt"), ("T", "eps"), ("T", "neg_step_size")),
+        _DECAY + _LERP + (("T", "b2"), ("T", "one_minus_b2"), ("T", "bc2_sqrt"), ("T", "eps"), ("T", "neg_step_size")),
         _ADAM_BODY, (("AMSGRAD", int(amsgrad)),),
     )
 
@@ -125,21 +183,43 @@ def _adam(amsgrad: bool) -> FusedUpdate:
 def _rmsprop(centered: bool, momentum: bool) -> FusedUpdate:
     return FusedUpdate(
         "rmsprop", ("g",), ("p", "square_avg") + (("grad_avg",) if centered else ()) + (("buf",) if momentum else ()),
-        (("T", "wd"), ("T", "alpha"), ("T", "one_minus_alpha"), ("T", "w"), ("bool", "small"), ("T", "one_minus_w"),
-         ("T", "eps"), ("T", "momentum"), ("T", "lr"), ("T", "neg_lr")),
+        (("T", "wd"), ("T", "alpha"), ("T", "one_minus_alpha")) + _LERP + (("T", "eps"), ("T", "momentum"), ("T", "lr"), ("T", "neg_lr")),
         _RMSPROP_BODY, (("CENTERED", int(centered)), ("MOMENTUM", int(momentum))),
     )
 
 
+_ADAGRAD = FusedUpdate("adagrad", ("g",), ("p", "acc"), (("T", "wd"), ("T", "eps"), ("T", "neg_clr")), _ADAGRAD_BODY)
+_ADADELTA = FusedUpdate("adadelta", ("g",), ("p", "square_avg", "acc_delta"),
+                        (("T", "wd"), ("T", "rho"), ("T", "one_minus_rho"), ("T", "eps"), ("T", "lr")), _ADADELTA_BODY)
+_NADAM = FusedUpdate("nadam", ("g",), ("p", "m", "v"),
+                     _DECAY + _LERP + (("T", "b2"), ("T", "one_minus_b2"), ("T", "bias_correction2"), ("T", "eps"),
+                                       ("T", "grad_coef"), ("T", "avg_coef")), _NADAM_BODY)
+_RADAM = FusedUpdate("radam", ("g",), ("p", "m", "v"),
+                     _DECAY + _LERP + (("T", "b2"), ("T", "one_minus_b2"), ("T", "bias_correction1"), ("T", "lr"),
+                                       ("bool", "rectified"), ("T", "bc2_sqrt"), ("T", "eps"), ("T", "rect")), _RADAM_BODY)
+_ADAMAX = FusedUpdate("adamax", ("g",), ("p", "m", "u"),
+                      (("T", "wd"),) + _LERP + (("T", "b2"), ("T", "eps"), ("T", "neg_clr")), _ADAMAX_BODY)
+
 VARIANTS: tuple[FusedUpdate, ...] = (
     _sgd(False), _sgd(True), _adam(False), _adam(True),
     _rmsprop(False, False), _rmsprop(False, True), _rmsprop(True, False), _rmsprop(True, True),
+    _ADAGRAD, _ADADELTA, _NADAM, _RADAM, _ADAMAX,
 )
 
 
 # -- what each optimizer's update passes to its kernel -----------------------------------------------
 # Each returns (kernel, arrays by name, scalars by name) for one update; `state["step"]` has
 # already been counted. The same plans drive the GPU launch and the host test.
+
+def _lerp_scalars(t, weight: float) -> dict:
+    return {"w": t(weight), "small": abs(weight) < 0.5, "one_minus_w": t(1 - weight)}
+
+
+def _decay_scalars(t, opt) -> dict:
+    return {"decay_factor": t(1 - opt.lr * opt.weight_decay),
+            "decoupled": bool(getattr(opt, "decoupled_weight_decay", False) and opt.weight_decay != 0),
+            "wd": t(opt.weight_decay)}
+
 
 def plan_sgd(opt, p, g, state):
     t = p.dtype.type
@@ -158,31 +238,80 @@ def plan_sgd(opt, p, g, state):
 def plan_adam(opt, p, g, state):
     t = p.dtype.type
     step = state["step"]
-    w = 1 - opt.beta1
     arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
     if opt.amsgrad:
         arrays["vmax"] = state["max_exp_avg_sq"]
-    scalars = {
-        "decay_factor": t(1 - opt.lr * opt.weight_decay),
-        "decoupled": bool(opt.decoupled_weight_decay and opt.weight_decay != 0), "wd": t(opt.weight_decay),
-        "w": t(w), "small": abs(w) < 0.5, "one_minus_w": t(1 - w), "b2": t(opt.beta2), "one_minus_b2": t(1 - opt.beta2),
-        "bc2_sqrt": t((1 - opt.beta2**step) ** 0.5), "eps": t(opt.eps), "neg_step_size": t(-(opt.lr / (1 - opt.beta1**step))),
-    }
+    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bc2_sqrt": t((1 - opt.beta2**step) ** 0.5), "eps": t(opt.eps),
+               "neg_step_size": t(-(opt.lr / (1 - opt.beta1**step)))}
     return _adam(bool(opt.amsgrad)), arrays, scalars
 
 
 def plan_rmsprop(opt, p, g, state):
     t = p.dtype.type
-    w = 1 - opt.alpha
     arrays = {"p": p, "g": g, "square_avg": state["square_avg"]}
     if opt.centered:
         arrays["grad_avg"] = state["grad_avg"]
     if opt.momentum > 0:
         arrays["buf"] = state["momentum_buffer"]
-    scalars = {"wd": t(opt.weight_decay), "alpha": t(opt.alpha), "one_minus_alpha": t(1 - opt.alpha), "w": t(w),
-               "small": abs(w) < 0.5, "one_minus_w": t(1 - w), "eps": t(opt.eps), "momentum": t(opt.momentum),
+    scalars = {"wd": t(opt.weight_decay), "alpha": t(opt.alpha), "one_minus_alpha": t(1 - opt.alpha),
+               **_lerp_scalars(t, 1 - opt.alpha), "eps": t(opt.eps), "momentum": t(opt.momentum),
                "lr": t(opt.lr), "neg_lr": t(-opt.lr)}
     return _rmsprop(bool(opt.centered), opt.momentum > 0), arrays, scalars
+
+
+def plan_adagrad(opt, p, g, state):
+    t = p.dtype.type
+    clr = opt.lr / (1 + (state["step"] - 1) * opt.lr_decay)
+    arrays = {"p": p, "g": g, "acc": state["sum"]}
+    return _ADAGRAD, arrays, {"wd": t(opt.weight_decay), "eps": t(opt.eps), "neg_clr": t(-clr)}
+
+
+def plan_adadelta(opt, p, g, state):
+    t = p.dtype.type
+    arrays = {"p": p, "g": g, "square_avg": state["square_avg"], "acc_delta": state["acc_delta"]}
+    scalars = {"wd": t(opt.weight_decay), "rho": t(opt.rho), "one_minus_rho": t(1 - opt.rho), "eps": t(opt.eps),
+               "lr": t(opt.lr)}
+    return _ADADELTA, arrays, scalars
+
+
+def plan_nadam(opt, p, g, state):
+    t = p.dtype.type
+    step = state["step"]
+    mu = opt.beta1 * (1.0 - 0.5 * 0.96 ** (step * opt.momentum_decay))
+    mu_next = opt.beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * opt.momentum_decay))
+    state["mu_product"] *= mu
+    mu_product = state["mu_product"]
+    arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
+    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bias_correction2": t(1 - opt.beta2**step), "eps": t(opt.eps),
+               "grad_coef": t(-opt.lr * (1.0 - mu) / (1.0 - mu_product)),
+               "avg_coef": t((-opt.lr * mu_next) / (1.0 - mu_product * mu_next))}
+    return _NADAM, arrays, scalars
+
+
+def plan_radam(opt, p, g, state):
+    t = p.dtype.type
+    step = state["step"]
+    bias_correction2 = 1 - opt.beta2**step
+    rho_inf = 2 / (1 - opt.beta2) - 1
+    rho_t = rho_inf - 2 * step * opt.beta2**step / bias_correction2
+    rectified = rho_t > 5.0
+    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+    arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
+    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bias_correction1": t(1 - opt.beta1**step), "lr": t(opt.lr),
+               "rectified": rectified, "bc2_sqrt": t(bias_correction2**0.5), "eps": t(opt.eps), "rect": t(rect)}
+    return _RADAM, arrays, scalars
+
+
+def plan_adamax(opt, p, g, state):
+    t = p.dtype.type
+    clr = opt.lr / (1 - opt.beta1 ** state["step"])
+    arrays = {"p": p, "g": g, "m": state["exp_avg"], "u": state["exp_inf"]}
+    scalars = {"wd": t(opt.weight_decay), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2), "eps": t(opt.eps),
+               "neg_clr": t(-clr)}
+    return _ADAMAX, arrays, scalars
 
 
 # -- on the GPU ------------------------------------------------------------------------------------
@@ -231,3 +360,23 @@ def adam(opt, p, g, state) -> None:
 def rmsprop(opt, p, g, state) -> None:
     """RMSprop, centered and with momentum: `optimizers.RMSprop.update` in one kernel."""
     launch(*plan_rmsprop(opt, p, g, state))
+
+
+def adagrad(opt, p, g, state) -> None:
+    launch(*plan_adagrad(opt, p, g, state))
+
+
+def adadelta(opt, p, g, state) -> None:
+    launch(*plan_adadelta(opt, p, g, state))
+
+
+def nadam(opt, p, g, state) -> None:
+    launch(*plan_nadam(opt, p, g, state))
+
+
+def radam(opt, p, g, state) -> None:
+    launch(*plan_radam(opt, p, g, state))
+
+
+def adamax(opt, p, g, state) -> None:
+    launch(*plan_adamax(opt, p, g, state))

@@ -165,6 +165,7 @@ class MLP:
 
     def backward(self, dlogits) -> None:
         """Fill `grads` from d loss / d logits of the last forward pass."""
+        xp = self.xp
         delta = dlogits
         for i in reversed(range(self.n_layers)):
             layer = self._cache[i]
@@ -179,8 +180,9 @@ class MLP:
                     delta = delta * (1 - layer["a"] * layer["a"])
                 if self.batchnorm:
                     delta = self._batchnorm_backward(i, delta, layer)
-            self.g[f"W{i}"][...] = layer["input"].T @ delta
-            self.g[f"b{i}"][...] = delta.sum(axis=0)
+            # Straight into the gradient buffer: no temporary, no copy.
+            xp.matmul(layer["input"].T, delta, out=self.g[f"W{i}"])
+            delta.sum(axis=0, out=self.g[f"b{i}"])
             if i > 0:
                 delta = delta @ self.p[f"W{i}"].T
 

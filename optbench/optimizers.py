@@ -230,9 +230,11 @@ class Adagrad(Optimizer):
         return {"step": 0, "sum": xp.full_like(p, self.initial_accumulator_value)}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if gpu_kernels.usable(p, g, self.lr):
+            return gpu_kernels.adagrad(self, p, g, state)  # the same arithmetic in one kernel
         xp = get_array_module(p)
         decayed, std = _work(state, p, 2)
-        state["step"] += 1
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
@@ -319,9 +321,11 @@ class Adadelta(Optimizer):
         return {"step": 0, "square_avg": xp.zeros_like(p), "acc_delta": xp.zeros_like(p)}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if gpu_kernels.usable(p, g, self.lr):
+            return gpu_kernels.adadelta(self, p, g, state)  # the same arithmetic in one kernel
         xp = get_array_module(p)
         decayed, std, delta = _work(state, p, 3)
-        state["step"] += 1
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
@@ -428,9 +432,11 @@ class NAdam(Optimizer):
         return {"step": 0, "mu_product": 1.0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if gpu_kernels.usable(p, g, self.lr):
+            return gpu_kernels.nadam(self, p, g, state)  # the same arithmetic in one kernel
         xp = get_array_module(p)
         decayed, denom = _work(state, p, 2)
-        state["step"] += 1
         t = state["step"]
         bias_correction2 = 1 - self.beta2**t
         if self.weight_decay != 0:
@@ -478,9 +484,11 @@ class RAdam(Optimizer):
         return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if gpu_kernels.usable(p, g, self.lr):
+            return gpu_kernels.radam(self, p, g, state)  # the same arithmetic in one kernel
         xp = get_array_module(p)
         decayed, step = _work(state, p, 2)
-        state["step"] += 1
         t = state["step"]
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
@@ -523,9 +531,11 @@ class Adamax(Optimizer):
         return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_inf": xp.zeros_like(p)}
 
     def update(self, p, g, state: dict) -> None:
+        state["step"] += 1
+        if gpu_kernels.usable(p, g, self.lr):
+            return gpu_kernels.adamax(self, p, g, state)  # the same arithmetic in one kernel
         xp = get_array_module(p)
         decayed, work = _work(state, p, 2)
-        state["step"] += 1
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]

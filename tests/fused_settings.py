@@ -7,4 +7,14 @@ SETTINGS = [
     ("adamw", {"weight_decay": 0.3, "amsgrad": True}),
     ("rmsprop", {}), ("rmsprop", {"centered": True}), ("rmsprop", {"momentum": 0.9, "weight_decay": 0.01}),
     ("rmsprop", {"centered": True, "momentum": 0.5, "alpha": 0.3}),
+    # The rest have a GPU kernel only (on the CPU their ufunc rules are not the slow part of a step).
+    ("adagrad", {}), ("adagrad", {"lr_decay": 0.01, "weight_decay": 0.1, "initial_accumulator_value": 0.1}),
+    ("adadelta", {}), ("adadelta", {"rho": 0.5, "weight_decay": 0.1}),
+    ("nadam", {}), ("nadam", {"weight_decay": 0.1}), ("nadam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam", {}), ("radam", {"weight_decay": 0.1}), ("radam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("adamax", {}), ("adamax", {"weight_decay": 0.1, "beta1": 0.3}),
 ]
+
+# The optimizers with a fused Numba kernel on the CPU.
+CPU_FUSED = {"sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop"}
+CPU_SETTINGS = [(name, hparams) for name, hparams in SETTINGS if name in CPU_FUSED]

@@ -28,7 +28,8 @@ C_TYPES = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.
 
 PLANS = {"sgd": gpu_kernels.plan_sgd, "momentum": gpu_kernels.plan_sgd, "nesterov": gpu_kernels.plan_sgd,
          "adam": gpu_kernels.plan_adam, "adamw": gpu_kernels.plan_adam, "amsgrad": gpu_kernels.plan_adam,
-         "rmsprop": gpu_kernels.plan_rmsprop}
+         "rmsprop": gpu_kernels.plan_rmsprop, "adagrad": gpu_kernels.plan_adagrad, "adadelta": gpu_kernels.plan_adadelta,
+         "nadam": gpu_kernels.plan_nadam, "radam": gpu_kernels.plan_radam, "adamax": gpu_kernels.plan_adamax}
 
 
 def host_function_name(fused: FusedUpdate, ctype: str) -> str:
@@ -62,7 +63,7 @@ def host_library(tmp_path_factory):
         for ctype, _ in C_TYPES.values():
             units.append(f"namespace unit{i}_{ctype} {{\n{loop_source(fused, ctype, device=False)}}}\n")
     source = folder / "fused.cpp"
-    source.write_text("#include <cmath>\nusing std::sqrt;\n" + "".join(units))
+    source.write_text("#include <cmath>\nusing std::fabs;\nusing std::sqrt;\n" + "".join(units))
     library = folder / "fused.so"
     # No contraction into FMAs and no fast-math: each operation rounds on its own, as in NumPy.
     subprocess.run([CXX, "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-o", str(library),
@@ -113,18 +114,26 @@ def test_kernel_body_equals_the_ufunc_rule_bitwise(host_library, name, hparams, 
             np.testing.assert_array_equal(fused_state[key], value[0], err_msg=key)
 
 
-def test_nan_propagates_like_numpy_maximum(host_library):
-    opt = make_optimizer("amsgrad", lr=0.01)
+@pytest.mark.parametrize("name, state_key", [("amsgrad", "max_exp_avg_sq"), ("adamax", "exp_inf")])
+def test_nan_propagates_like_numpy_maximum(host_library, name, state_key):
+    opt = make_optimizer(name, lr=0.01)
     fused_p = np.array([1.0, 2.0, 3.0])
     plain_p = fused_p.reshape(1, -1).copy()
     fused_state, plain_state = opt.init(fused_p), opt.init(plain_p)
     for g in ([0.1, np.nan, 0.3], [0.2, 0.1, np.nan]):
         g = np.array(g)
         fused_state["step"] += 1
-        run_on_host(host_library, *gpu_kernels.plan_adam(opt, fused_p, g, fused_state))
+        run_on_host(host_library, *PLANS[name](opt, fused_p, g, fused_state))
         opt.update(plain_p, g.reshape(1, -1), plain_state)
+    assert np.isnan(fused_state[state_key]).sum() == 2
     np.testing.assert_array_equal(fused_p, plain_p[0])
-    np.testing.assert_array_equal(fused_state["max_exp_avg_sq"], plain_state["max_exp_avg_sq"][0])
+    np.testing.assert_array_equal(fused_state[state_key], plain_state[state_key][0])
+
+
+def test_every_optimizer_has_a_gpu_kernel():
+    from optbench.optimizers import OPTIMIZERS
+
+    assert set(PLANS) == set(OPTIMIZERS)
 
 
 def test_every_variant_is_reachable_from_a_setting():

@@ -8,13 +8,13 @@ import pytest
 from optbench import kernels
 from optbench.optimizers import make_optimizer
 
-from fused_settings import SETTINGS
+from fused_settings import CPU_SETTINGS
 
 pytestmark = pytest.mark.skipif(kernels.njit is None, reason="numba is not installed: the ufunc path serves alone")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name, hparams", SETTINGS)
+@pytest.mark.parametrize("name, hparams", CPU_SETTINGS)
 def test_fused_kernel_equals_the_ufunc_rule_bitwise(name, hparams, dtype):
     rng = np.random.default_rng(0)
     fused_p = rng.standard_normal(10_001).astype(dtype)
