@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from optbench.backend import Device
+from optbench.errors import OptbenchError
+from optbench.graphs import GraphedStep
 from optbench.mlp import MLP
 from optbench.optimizers import make_optimizer
 
@@ -69,23 +71,31 @@ def flops_per_step(sizes, batch: int) -> float:
 
 
 class OursStep:
-    """optbench's training step on synthetic data (the timing does not depend on the values)."""
+    """optbench's training step on synthetic data (the timing does not depend on the values).
 
-    def __init__(self, sizes, batch, opt, device: Device):
+    The step is `training.train`'s: the batch gathered from the training set by index, forward,
+    backward, update; with `cuda_graph`, the gather, forward and backward replayed as one graph."""
+
+    def __init__(self, sizes, batch, opt, device: Device, cuda_graph: bool = False):
         xp = device.xp
         rng = np.random.default_rng(0)
-        self.x = xp.asarray(rng.random((batch, sizes[0]), dtype=np.float32))
-        self.y = xp.asarray(rng.integers(0, sizes[-1], batch))
+        self.x = xp.asarray(rng.random((4 * batch, sizes[0]), dtype=np.float32))
+        self.y = xp.asarray(rng.integers(0, sizes[-1], 4 * batch))
+        self.index = xp.asarray(rng.permutation(4 * batch)[:batch])
         self.net = MLP(sizes, seed=0, xp=xp)
         self.optimizer = make_optimizer(opt, **({"lr": BENCH_LR[opt]} if opt in BENCH_LR else {}))
         self.state = self.optimizer.init(self.net.params)
         self.sync = device.sync
+        self.graphed = GraphedStep(self.net, self.x, self.y, batch) if cuda_graph else None
 
     def __call__(self, steps: int) -> float:
         self.sync()
         start = time.perf_counter()
         for _ in range(steps):
-            self.net.loss_and_grads(self.x, self.y)
+            if self.graphed:
+                self.graphed(self.index)
+            else:
+                self.net.loss_and_grads(self.x[self.index], self.y[self.index])
             self.optimizer.update(self.net.params, self.net.grads, self.state)
         self.sync()
         return (time.perf_counter() - start) / steps
@@ -122,8 +132,10 @@ class TorchStep:
         }
         self.optimizer = make[opt]()
         self.form = next(iter(fast))
-        self.x = torch.rand(batch, sizes[0], device=self.device)
-        self.y = torch.randint(0, sizes[-1], (batch,), device=self.device)
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.rand(4 * batch, sizes[0], generator=generator).to(self.device)
+        self.y = torch.randint(0, sizes[-1], (4 * batch,), generator=generator).to(self.device)
+        self.index = torch.randperm(4 * batch, generator=generator)[:batch].to(self.device)
         self.loss = torch.nn.CrossEntropyLoss()
         for p in params:  # gradients exist from the start, as in a running loop
             p.grad = torch.zeros_like(p)
@@ -137,7 +149,7 @@ class TorchStep:
         start = time.perf_counter()
         for _ in range(steps):
             self.optimizer.zero_grad(set_to_none=False)
-            self.loss(self.net(self.x), self.y).backward()
+            self.loss(self.net(self.x[self.index]), self.y[self.index]).backward()
             self.optimizer.step()
         self.sync()
         return (time.perf_counter() - start) / steps
@@ -204,18 +216,21 @@ def gemm_seconds(sizes, batch: int, device: Device, repeats: int, steps: int) ->
     return float(np.median(times))
 
 
-def bandwidth_bytes_per_s(device: Device, repeats: int = 5) -> float:
-    """Memory bandwidth from a triad-like `c = a + b` on arrays far larger than the caches."""
+def bandwidth_bytes_per_s(device: Device, repeats: int = 5, adds: int = 10) -> float:
+    """Memory bandwidth from a triad-like `c = a + b` on arrays far larger than the caches
+    (several adds per timing, so a GPU's launch and synchronisation do not count)."""
     xp = device.xp
     n = 16 * 2**20  # 64 MiB per float32 array
     a, b, c = (xp.ones(n, dtype=np.float32) for _ in range(3))
+    xp.add(a, b, out=c)
     times = []
     for _ in range(repeats):
         device.sync()
         start = time.perf_counter()
-        xp.add(a, b, out=c)
+        for _ in range(adds):
+            xp.add(a, b, out=c)
         device.sync()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) / adds)
     return 3 * 4 * n / float(np.median(times))
 
 
@@ -238,54 +253,64 @@ def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, o
             torch.set_num_threads(int(device.facts.get("blas_threads") or torch.get_num_threads()))
     bandwidth = bandwidth_bytes_per_s(device)
     step_rows, update_rows, timed_updates = [], [], set()
+    graph_failures: dict[str, str] = {}
     for net_name, sizes, batch in nets:
         gemm = gemm_seconds(sizes, batch, device, repeats, max(5, steps // 2))
         flops = flops_per_step(sizes, batch)
         for opt in optimizers:
-            ours = OursStep(sizes, batch, opt, device)
+            impls = {"optbench": OursStep(sizes, batch, opt, device)}
+            if device.name == "gpu":
+                try:
+                    impls["optbench (CUDA graph)"] = OursStep(sizes, batch, opt, device, cuda_graph=True)
+                except OptbenchError as exc:  # recorded, and the eager rows still come
+                    graph_failures[f"{net_name}/{batch}/{opt}"] = str(exc)
             theirs = fastest_torch(sizes, batch, opt, device, steps, pause) if with_torch else None
-            n_params = ours.net.params.size
+            if theirs:
+                impls[f"torch ({theirs.form})"] = theirs
+            n_params = impls["optbench"].net.params.size
             update_bound = UPDATE_ARRAYS[opt] * 4 * n_params / bandwidth
-            for impl in filter(None, (ours, theirs)):  # warm-up
+            for impl in impls.values():  # warm-up
                 impl(max(3, steps // 5))
-            ours_t, theirs_t, ours_u, theirs_u = [], [], [], []
-            for _ in range(repeats):
-                ours_t.append(_after_pause(ours, steps, pause))
-                if theirs:
-                    theirs_t.append(_after_pause(theirs, steps, pause))
+            step_times = {label: [] for label in impls}
+            for _ in range(repeats):  # interleaved, so a neighbour's load hits every one alike
+                for label, impl in impls.items():
+                    step_times[label].append(_after_pause(impl, steps, pause))
+            update_times = {}
             if (net_name, opt) not in timed_updates:  # the same parameters at another batch size
                 timed_updates.add((net_name, opt))
+                update_impls = {label: impl for label, impl in impls.items() if "graph" not in label}
+                update_times = {label: [] for label in update_impls}
                 for _ in range(repeats):
-                    ours_u.append(_after_pause(ours.update_only, steps, pause))
-                    if theirs:
-                        theirs_u.append(_after_pause(theirs.update_only, steps, pause))
+                    for label, impl in update_impls.items():
+                        update_times[label].append(_after_pause(impl.update_only, steps, pause))
             bound = gemm + update_bound
-            for impl, times in (("optbench", ours_t), (f"torch ({theirs.form})" if theirs else None, theirs_t)):
-                if impl is None:
-                    continue
+            torch_label = _torch_label(impls)
+            torch_median = Timing(step_times[torch_label]).median if torch_label else math.nan
+            for label, times in step_times.items():
                 t = Timing(times)
                 q1, q3 = t.quartiles
                 step_rows.append({
                     "device": device.name, "net": net_name, "layers": "-".join(map(str, sizes)), "batch": batch,
-                    "optimizer": opt, "impl": impl, "ms_per_step": 1e3 * t.median, "ms_q1": 1e3 * q1, "ms_q3": 1e3 * q3,
-                    "samples_per_s": batch / t.median,
-                    "vs_torch": (Timing(theirs_t).median / t.median) if theirs_t else math.nan,
+                    "optimizer": opt, "impl": label, "ms_per_step": 1e3 * t.median, "ms_q1": 1e3 * q1, "ms_q3": 1e3 * q3,
+                    "samples_per_s": batch / t.median, "vs_torch": torch_median / t.median,
                     "of_bound": bound / t.median, "bound_ms": 1e3 * bound, "gemm_ms": 1e3 * gemm,
                     "gemm_gflops": flops / gemm / 1e9, "update_bound_us": 1e6 * update_bound,
                 })
-            for impl, times in (("optbench", ours_u), (f"torch ({theirs.form})" if theirs else None, theirs_u)):
-                if impl is None or not times:
-                    continue
+            for label, times in update_times.items():
                 update_rows.append({
-                    "device": device.name, "net": net_name, "params": n_params, "optimizer": opt, "impl": impl,
+                    "device": device.name, "net": net_name, "params": n_params, "optimizer": opt, "impl": label,
                     "us_per_update": 1e6 * Timing(times).median, "bound_us": 1e6 * update_bound,
                     "gb_per_s": UPDATE_ARRAYS[opt] * 4 * n_params / Timing(times).median / 1e9,
                 })
             if progress:
                 progress()
     facts = {"bandwidth_gb_per_s": bandwidth / 1e9, "torch": with_torch, "pause_s": pause}
+    if graph_failures:
+        facts["cuda_graph_failures"] = graph_failures
     if with_torch:
         facts.update(torch_version=torch.__version__, torch_threads=torch.get_num_threads())
+        if device.name == "gpu":
+            facts["torch_cuda"] = torch.version.cuda
     try:
         import numba
 
@@ -293,3 +318,7 @@ def run_bench(device: Device, *, repeats: int = 7, steps: int = 50, nets=NETS, o
     except ImportError:
         facts["numba"] = None
     return step_rows, update_rows, facts
+
+
+def _torch_label(impls: dict) -> str | None:
+    return next((label for label in impls if label.startswith("torch")), None)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optbench import surface_bench, tables
@@ -163,6 +164,7 @@ def mnist_command(
     name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: dataset-device-time).")] = None,
     out: OutOption = Path("results"),
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw loss.png, accuracy.png, time.png.")] = True,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="GPU: replay each step's forward and backward as one CUDA graph (no dropout or batch norm).")] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train the MLP on MNIST or Fashion-MNIST with each optimizer; compare curves, accuracy, time."""
@@ -175,13 +177,14 @@ def mnist_command(
     config = mnist_bench.MnistConfig(
         dataset=dataset, hidden=mnist_bench.parse_hidden(hidden), activation=activation, init=init, dropout=dropout,
         batchnorm=batchnorm, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, iterations=iterations,
-        eval_every=eval_every, seed=seed, train_size=train_size, test_size=test_size,
+        eval_every=eval_every, seed=seed, train_size=train_size, test_size=test_size, cuda_graph=cuda_graph,
     )
     config.check()
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise OptbenchError(f"--name {name!r}: a folder name, without path separators")
     contenders = select_contenders((opt or []) + (["all"] if compare else []), hp or [], lr, default="adam")
     chosen = backend.select_device(device)
+    config.check_device(chosen)
     folder = prepare_dir(out / "mnist" / (name or mnist_bench.default_run_name(config, chosen)))
     started = datetime.now().isoformat(timespec="seconds")
     if not quiet:
@@ -330,9 +333,10 @@ def bench_command(
     from optbench.results import write_csv, write_json
 
     chosen = backend.select_device(device)
-    pause = bench.PAUSE_S
+    # The pause lets the CPU's spinning BLAS/OpenMP threads sleep; a GPU would only clock down.
+    pause = bench.PAUSE_S if chosen.name == "cpu" else 0.0
     if quick:
-        repeats, steps, pause = 3, 10, 0.02
+        repeats, steps, pause = 3, 10, min(pause, 0.02)
     folder = prepare_dir(out / "bench")
     total = len(bench.NETS) * len(bench.OPTIMIZERS)
     progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -348,6 +352,8 @@ def bench_command(
     console.print(tables.bench_steps(steps_frame, f"Training step on {chosen.name} ({chosen.facts.get('device_name')}), "
                                                   f"{chosen.facts.get('blas', '')} {chosen.facts.get('blas_threads', '?')} threads; median of {repeats} × {steps} steps"))
     console.print(tables.bench_updates(updates_frame, f"Update alone (bandwidth {facts['bandwidth_gb_per_s']:.1f} GB/s)"))
+    for case, reason in facts.get("cuda_graph_failures", {}).items():
+        console.print(f"[yellow]no CUDA-graph row for {case}: {escape(reason)}[/]")
     if not facts["torch"]:
         console.print("[yellow]torch is not importable: no PyTorch columns (pip install 'optbench[bench]')[/]")
     console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")

@@ -51,6 +51,7 @@ class MnistConfig:
     seed: int = 0
     train_size: int | None = None  # the first N training images (all when None)
     test_size: int | None = None
+    cuda_graph: bool = False  # replay forward and backward as one CUDA graph (`graphs`)
 
     def check(self) -> None:
         check_options(self.activation, self.init, self.dropout, prefix="--")
@@ -67,6 +68,12 @@ class MnistConfig:
             raise OptbenchError(f"invalid --weight-decay {self.weight_decay} (must be >= 0)")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise OptbenchError(f"invalid --hidden {','.join(map(str, self.hidden))} (positive layer widths)")
+        if self.cuda_graph and (self.dropout > 0 or self.batchnorm):
+            raise OptbenchError("--cuda-graph does not support --dropout or --batchnorm (they do not survive replay)")
+
+    def check_device(self, device: Device) -> None:
+        if self.cuda_graph and device.name != "gpu":
+            raise OptbenchError(f"--cuda-graph needs the GPU (--device gpu; this run is on {device.name})")
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
@@ -159,7 +166,7 @@ def train_optimizer(label, cls, hparams, config: MnistConfig, data, device: Devi
         net, optimizer, x_train, y_train, x_test, y_test,
         epochs=config.epochs, iterations=config.iterations, eval_every=config.eval_every,
         batch_size=config.batch_size, seed=config.seed, weight_decay=config.weight_decay,
-        sync=device.sync, on_step=on_step, on_eval=on_eval,
+        sync=device.sync, on_step=on_step, on_eval=on_eval, cuda_graph=config.cuda_graph,
     )
     used = dict(getattr(optimizer, "hparams", {**hparams, "lr": chosen_lr}))
     return OptimizerRun(label, chosen_lr, log, device.name, len(x_train) // config.batch_size, config.batch_size, used)

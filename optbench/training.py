@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from optbench.backend import get_array_module, to_numpy
+from optbench.graphs import GraphedStep
 from optbench.mlp import MLP, softmax_cross_entropy
 
 # Six steps reach every code path of every built-in optimizer (RAdam's rectified branch starts at
@@ -76,12 +77,14 @@ def train(
     sync: Callable[[], None] = lambda: None,
     on_step: Callable[[int], None] | None = None,
     on_eval: Callable[[dict], None] | None = None,
+    cuda_graph: bool = False,
 ) -> TrainLog:
     """Train `net` in place for `epochs` (or exactly `iterations` steps).
 
     Evaluates at each epoch end, or every `eval_every` steps, and after the last step. The last
     partial batch of an epoch is dropped. A non-finite loss stops the run and marks it
     diverged; Ctrl-C stops it and marks it interrupted; either way what was logged is kept.
+    `cuda_graph` replays each step's forward and backward as one CUDA graph (`graphs`).
     """
     xp = get_array_module(net.params)
     log = TrainLog()
@@ -91,8 +94,13 @@ def train(
     total = iterations if iterations is not None else epochs * per_epoch
     interval = eval_every or per_epoch
 
+    graphed = GraphedStep(net, x_train, y_train, batch_size, weight_decay) if cuda_graph else None
+
     def step(index, state):
-        loss = net.loss_and_grads(x_train[index], y_train[index], weight_decay)
+        if graphed:
+            loss = graphed(index)
+        else:
+            loss = net.loss_and_grads(x_train[index], y_train[index], weight_decay)
         optimizer.update(net.params, net.grads, state)
         return loss
 

@@ -97,3 +97,51 @@ def test_gpu_network_stays_float32_with_dropout_and_batchnorm():
     device = select_device("gpu")
     log = train(net, make_optimizer("adam"), x, y, x[:200], y[:200], iterations=30, batch_size=100, sync=device.sync)
     assert not log.diverged and all(np.isfinite(r["train_loss"]) for r in log.iterations)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "rmsprop"])
+def test_cuda_graph_replay_trains_bitwise_as_the_eager_step(name):
+    """The graph replays the very kernels of the eager step: the same losses and weights."""
+    import cupy
+
+    from optbench.mlp import MLP
+    from optbench.optimizers import make_optimizer
+    from optbench.training import train
+
+    device = select_device("gpu")
+    rng = np.random.default_rng(0)
+    data = [cupy.asarray(a) for a in (rng.random((1000, 784), dtype=np.float32), rng.integers(0, 10, 1000),
+                                      rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200))]
+    runs = {}
+    for graph in (False, True):
+        net = MLP((784, 100, 100, 10), seed=0, xp=cupy)
+        log = train(net, make_optimizer(name, lr=0.01), *data, epochs=2, eval_every=5, batch_size=100,
+                    weight_decay=1e-4, sync=device.sync, cuda_graph=graph)
+        runs[graph] = ([r["train_loss"] for r in log.iterations], cupy.asnumpy(net.params))
+    assert len(runs[True][0]) == 20
+    assert runs[True][0] == runs[False][0]
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
+
+
+def test_cuda_graph_refuses_dropout_and_batchnorm():
+    import cupy
+
+    from optbench.errors import OptbenchError
+    from optbench.graphs import GraphedStep
+    from optbench.mlp import MLP
+
+    x, y = cupy.zeros((256, 784), dtype=cupy.float32), cupy.zeros(256, dtype=cupy.int64)
+    for options in ({"dropout": 0.5}, {"batchnorm": True}):
+        with pytest.raises(OptbenchError, match="do not support"):
+            GraphedStep(MLP((784, 32, 10), xp=cupy, **options), x, y, 128)
+
+
+def test_bench_on_the_gpu_has_eager_graph_and_torch_rows():
+    from optbench.bench import run_bench
+
+    device = select_device("gpu")
+    steps, updates, facts = run_bench(device, repeats=2, steps=3, nets=[("tiny", (784, 32, 10), 64)],
+                                      optimizers=("adam",), pause=0.0)
+    impls = {row["impl"] for row in steps}
+    assert {"optbench", "optbench (CUDA graph)"} <= impls, facts.get("cuda_graph_failures")
+    assert all(row["ms_per_step"] > 0 for row in steps)

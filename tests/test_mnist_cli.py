@@ -118,6 +118,9 @@ def test_device_gpu_without_cupy_says_what_to_install(tmp_path):
         (["--compare", "some"], "--compare"),
         (["--opt", "adam", "--hp", "beta1=2"], "beta1"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--cuda-graph"], "--cuda-graph needs the GPU"),
+        (["--cuda-graph", "--dropout", "0.5"], "does not support --dropout"),
+        (["--cuda-graph", "--batchnorm"], "does not support --dropout or --batchnorm"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):

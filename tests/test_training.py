@@ -83,3 +83,10 @@ def test_ctrl_c_keeps_what_was_logged(small_mnist):
     net = MLP((784, 32, 10), seed=0)
     log = train(net, make_optimizer("sgd"), *small_mnist, epochs=1, batch_size=64, on_step=interrupt)
     assert log.interrupted and len(log.iterations) == 10 and log.evaluations == []
+
+
+def test_cuda_graph_is_refused_for_a_numpy_network():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((256, 784), dtype=np.float32), rng.integers(0, 10, 256)
+    with pytest.raises(OptbenchError, match="CUDA graphs need the GPU"):
+        train(MLP((784, 16, 10), seed=0), make_optimizer("adam"), x, y, x, y, iterations=2, cuda_graph=True)
