@@ -167,3 +167,61 @@ def test_kernels_compile_for_the_h100_with_correctly_rounded_arithmetic(tmp_path
     assert not re.search(r"\bfma\.", text)
     assert "sqrt.rn.f32" in text and "div.rn.f32" in text
     assert not re.search(r"\b(sqrt|div|rsqrt)\.approx", text)
+
+
+def _cupy_nvrtc():
+    """CuPy's NVRTC binding and the include folders its kernels compile with, or a skip."""
+    try:
+        import cupy
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # not installed, or no NVRTC library to load
+        pytest.skip(f"CuPy's NVRTC is not usable here ({type(exc).__name__}: {exc})")
+    import os
+
+    include = os.path.join(os.path.dirname(cupy.__file__), "_core", "include")
+    cccl = os.path.join(include, "cupy", "_cccl")
+    folders = [include] + [os.path.join(cccl, d) for d in ("libcudacxx", "thrust", "cub")]
+    try:
+        import nvidia.cuda_runtime
+
+        folders.append(os.path.join(list(nvidia.cuda_runtime.__path__)[0], "include"))
+    except ImportError:  # a CUDA toolkit's headers are found by NVRTC itself
+        pass
+    return nvrtc, folders
+
+
+def cupy_style_source(fused: FusedUpdate, ctype: str, carray_args: str) -> str:
+    """The kernel as CuPy's ElementwiseKernel writes it (cupy/_core/_kernel.pyx): arrays as
+    CArray, each element bound by reference before the body, in a CUPY_FOR loop."""
+    inputs = [f"const CArray<{ctype}, {carray_args}> _raw_{n}" for n in fused.inputs]
+    scalars = [f"const {t} {n}" for t, n in fused.scalars]
+    outputs = [f"CArray<{ctype}, {carray_args}> _raw_{n}" for n in fused.outputs]
+    bind = "\n".join([f"const T &{n} = _raw_{n}[_ind.get()];" for n in fused.inputs]
+                     + [f"T &{n} = _raw_{n}[_ind.get()];" for n in fused.outputs])
+    return (f"#include <cupy/complex.cuh>\n#include <cupy/carray.cuh>\n#include <cupy/atomics.cuh>\n"
+            f"typedef {ctype} T;\n{fused.preamble}"
+            f'extern "C" __global__ void {fused.kernel_name}({", ".join(inputs + scalars + outputs)}, CIndexer<1, 1> _ind) {{\n'
+            f"  #pragma unroll 1\n  CUPY_FOR(i, _ind.size()) {{\n    _ind.set(i);\n{bind}\n{fused.body};\n  }}\n}}\n")
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+@pytest.mark.parametrize("fused", VARIANTS, ids=lambda f: f.kernel_name)
+def test_kernels_compile_with_cupys_nvrtc_and_headers(fused, ctype):
+    """No GPU needed: NVRTC compiles for the H100 without a device, as CuPy would at first call."""
+    nvrtc, folders = _cupy_nvrtc()
+    options = [*gpu_kernels.COMPILE_OPTIONS, "--std=c++17", "-arch=compute_90", *(f"-I{f}" for f in folders)]
+    logs = []
+    for carray_args in ("1, 1, 1", "1, 1, 1, 0"):  # CArray's template arguments differ across CuPy releases
+        program = nvrtc.createProgram(cupy_style_source(fused, ctype, carray_args), "kernel.cu", [], [])
+        try:
+            nvrtc.compileProgram(program, options)
+        except Exception:
+            logs.append(nvrtc.getProgramLog(program))
+            continue
+        ptx = nvrtc.getPTX(program)
+        text = ptx.decode() if isinstance(ptx, bytes) else ptx
+        assert not re.search(r"\bfma\.", text) and "approx" not in text
+        return
+    pytest.fail("NVRTC refused the kernel:\n" + logs[0][:3000])
