@@ -6,7 +6,9 @@ CUDA C body doing the same IEEE operations in the same order, every scalar round
 array's dtype first (as NumPy and CuPy do with a Python float). It is compiled with
 `--fmad=false`, because NVRTC would otherwise contract `a * b + c` into one fused multiply-add
 and round once where the ufunc rules round twice; CUDA's float `sqrt` and `/` are correctly
-rounded by default. So the kernel gives bitwise the ufunc path's numbers.
+rounded by default. So the kernel gives bitwise the ufunc path's numbers, for every value that
+is not subnormal: CuPy compiles every kernel, its own ufuncs included, with `-ftz=true` (last,
+so it cannot be overridden), which flushes float32 values below 1.2e-38 to zero.
 
 Each body is also valid host C++: `tests/test_gpu_kernels.py` compiles every variant with the
 system's C++ compiler and checks it bitwise against the NumPy ufunc rules, on machines without a

@@ -53,23 +53,34 @@ class GraphedStep:
         def step():
             return net.loss_and_grads(x_train[self.index], y_train[self.index], weight_decay)
 
+        # The graph holds the addresses of these arrays: they must outlive it, and `net.params`
+        # and `net.grads` must only ever be written in place (optimizers and `restore` do so).
+        self._keep = (net, x_train, y_train)
         ready = cupy.cuda.get_current_stream().record()
         with cupy.cuda.using_allocator(self.pool.malloc), capture_stream:
             capture_stream.wait_event(ready)  # the data and weights are in place
-            step()  # once eagerly: kernels compiled and loaded, library handles made, before capture
-            capture_stream.synchronize()
-            capture_stream.begin_capture()
             try:
-                self.loss = step()
-            except Exception as exc:  # e.g. an operation that waits for the device
+                step()  # once eagerly: kernels compiled and loaded, library handles made, before capture
+                capture_stream.synchronize()
+                capture_stream.begin_capture()
                 try:
-                    capture_stream.end_capture()
-                except Exception:  # the capture was invalidated: nothing to end
-                    pass
+                    self.loss = step()
+                except Exception:
+                    try:
+                        capture_stream.end_capture()  # leave the stream usable; the first error is the one to tell
+                    except Exception:
+                        pass
+                    raise
+                graph = capture_stream.end_capture()  # raises if the capture was invalidated
+            except OptbenchError:
+                raise
+            except Exception as exc:  # e.g. an operation that waits for the device inside the capture
                 raise OptbenchError(f"CUDA graph capture failed: {type(exc).__name__}: {exc}") from exc
-            self.graph = capture_stream.end_capture()
+        self.graph = graph
 
     def __call__(self, index):
+        if type(index) is not type(self.index) or index.shape != self.index.shape:
+            raise ValueError(f"a CUDA-graph step takes a device index array of shape {self.index.shape}")
         stream = self._cupy.cuda.get_current_stream()
         self.index[...] = index  # on the stream the graph then runs on: ordered
         self.graph.launch(stream=stream)

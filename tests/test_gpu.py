@@ -144,4 +144,12 @@ def test_bench_on_the_gpu_has_eager_graph_and_torch_rows():
                                       optimizers=("adam",), pause=0.0)
     impls = {row["impl"] for row in steps}
     assert {"optbench", "optbench (CUDA graph)"} <= impls, facts.get("cuda_graph_failures")
+    try:
+        import torch
+
+        torch_on_gpu = torch.cuda.is_available()
+    except ImportError:
+        torch_on_gpu = False
+    if torch_on_gpu:
+        assert any(impl.startswith("torch (") for impl in impls) and facts["torch_cuda"]
     assert all(row["ms_per_step"] > 0 for row in steps)

@@ -157,15 +157,15 @@ def test_kernels_compile_for_the_h100_with_correctly_rounded_arithmetic(tmp_path
     source = tmp_path / "fused.cu"
     source.write_text("".join(loop_source(f, "float", device=True) for f in VARIANTS))
     ptx = tmp_path / "fused.ptx"
-    # The options CuPy passes to NVRTC are nvcc's too.
-    subprocess.run(["nvcc", "-arch=sm_90", *gpu_kernels.COMPILE_OPTIONS, "--ptx", "-o", str(ptx), str(source)], check=True, capture_output=True)
+    # The options CuPy passes to NVRTC are nvcc's too; CuPy always adds -ftz=true.
+    subprocess.run(["nvcc", "-arch=sm_90", *gpu_kernels.COMPILE_OPTIONS, "-ftz=true", "--ptx", "-o", str(ptx), str(source)], check=True, capture_output=True)
     text = ptx.read_text()
     for fused in VARIANTS:
         assert f".entry {fused.kernel_name}(" in text
     # The rounding that bitwise agreement with NumPy needs: no fused multiply-adds, IEEE
     # square roots and divisions (not the approximate forms).
     assert not re.search(r"\bfma\.", text)
-    assert "sqrt.rn.f32" in text and "div.rn.f32" in text
+    assert re.search(r"\bsqrt\.rn(\.ftz)?\.f32", text) and re.search(r"\bdiv\.rn(\.ftz)?\.f32", text)
     assert not re.search(r"\b(sqrt|div|rsqrt)\.approx", text)
 
 
@@ -211,7 +211,8 @@ def cupy_style_source(fused: FusedUpdate, ctype: str, carray_args: str) -> str:
 def test_kernels_compile_with_cupys_nvrtc_and_headers(fused, ctype):
     """No GPU needed: NVRTC compiles for the H100 without a device, as CuPy would at first call."""
     nvrtc, folders = _cupy_nvrtc()
-    options = [*gpu_kernels.COMPILE_OPTIONS, "--std=c++17", "-arch=compute_90", *(f"-I{f}" for f in folders)]
+    # In CuPy's order: the kernel's options, then what CuPy adds (-ftz=true last).
+    options = [*gpu_kernels.COMPILE_OPTIONS, "--std=c++17", "-arch=compute_90", *(f"-I{f}" for f in folders), "-ftz=true"]
     logs = []
     for carray_args in ("1, 1, 1", "1, 1, 1, 0"):  # CArray's template arguments differ across CuPy releases
         program = nvrtc.createProgram(cupy_style_source(fused, ctype, carray_args), "kernel.cu", [], [])
