@@ -12,6 +12,10 @@ torch uses `lerp_`, `addcdiv` as `(value * a) / b`), so float64 trajectories agr
 Every operation writes into an existing array (`out=`, in-place operators, work arrays kept in
 the state): an update allocates nothing, because fresh temporaries of a large parameter set
 page-fault on every step. The scalars stay Python floats, so float32 arrays stay float32.
+
+On a flat 1-D buffer (the MLP's parameters) the same arithmetic runs as one fused pass:
+`kernels` (Numba) on the CPU for the SGD, Adam and RMSprop families, `gpu_kernels` (CUDA) on
+the GPU for every optimizer. Both are tested bitwise against the rules written here.
 """
 
 from __future__ import annotations
