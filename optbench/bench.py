@@ -13,8 +13,9 @@ repeat by repeat, so a neighbour's load hits both alike. Two bounds set by the m
 The update alone is timed too (µs per step for the whole parameter set).
 
 On a GPU (`--device gpu`) the rows add optbench's step replayed as a CUDA graph (`graphs`);
-torch runs eager with its fused optimizers, as a user would run it. The GEMM bound there is the eager launches of
-the same products, mostly launch latency on small nets, so a graph replay can pass 100 % of it.
+torch runs eager with its fused optimizers, as a user would run it. The GEMM bound there is the
+eager launches of the same products, mostly launch latency on small nets, so a graph replay can
+pass 100 % of it.
 """
 
 from __future__ import annotations
