@@ -62,6 +62,17 @@ def test_iterations_and_eval_every(small_mnist):
     assert all(e["samples_per_s"] > 0 and e["epoch_seconds"] > 0 for e in log.evaluations)
 
 
+def test_evaluation_intervals_do_not_change_the_batches(small_mnist):
+    """Intervals that cross epoch ends (the orders of every epoch an interval reaches are
+    uploaded before it starts) train on exactly the batches of one long interval."""
+    losses = {}
+    for eval_every in (7, 100, 250):
+        net = MLP((784, 32, 10), seed=0)
+        log = train(net, make_optimizer("adam"), *small_mnist, iterations=250, eval_every=eval_every, batch_size=64)
+        losses[eval_every] = [r["train_loss"] for r in log.iterations]
+    assert len(losses[7]) == 250 and losses[7] == losses[100] == losses[250]
+
+
 def test_warmup_leaves_no_trace(small_mnist, monkeypatch):
     import optbench.training as training
 
