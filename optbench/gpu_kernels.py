@@ -12,8 +12,9 @@ so it cannot be overridden), which flushes float32 values below 1.2e-38 to zero.
 
 Each body is also valid host C++: `tests/test_gpu_kernels.py` compiles every variant with the
 system's C++ compiler and checks it bitwise against the NumPy ufunc rules, on machines without a
-GPU, and compiles the kernels with nvcc for the H100 where nvcc exists. `tests/test_gpu.py`
-checks them against NumPy on a real GPU.
+GPU; it also compiles them for the H100 with nvcc, and with CuPy's own NVRTC and headers in
+the form ElementwiseKernel writes, where those exist. `tests/test_gpu.py` checks the real launch
+against NumPy on a GPU.
 
 A setting that has no state array (SGD without momentum, Adam without AMSGrad, ...) gets its
 own variant of the kernel, chosen by the `#if` flags, rather than a dummy array.
