@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from optbench.backend import get_array_module
+from optbench.kernels import flat_buffers
 
 # Round every operation on its own, as NumPy does: no contraction into fused multiply-adds.
 COMPILE_OPTIONS = ("--fmad=false",)
@@ -321,17 +322,7 @@ def plan_adamax(opt, p, g, state):
 
 def usable(p, g, lr) -> bool:
     """Whether a fused kernel may replace the ufunc path for this update (CuPy arrays only)."""
-    return (
-        type(p).__module__.startswith("cupy")
-        and type(g) is type(p)
-        and p.ndim == 1
-        and p.dtype == g.dtype
-        and p.dtype in (np.float32, np.float64)
-        and p.flags.c_contiguous
-        and g.flags.c_contiguous
-        and np.isscalar(lr)
-    )
-
+    return type(p).__module__.startswith("cupy") and flat_buffers(p, g, lr)
 
 @functools.cache
 def _elementwise(fused: FusedUpdate):
@@ -350,36 +341,19 @@ def launch(fused: FusedUpdate, arrays: dict, scalars: dict) -> None:
            *(arrays[n] for n in fused.outputs))
 
 
-def sgd(opt, p, g, state) -> None:
-    """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD.update` in one kernel."""
-    launch(*plan_sgd(opt, p, g, state))
+def _launcher(plan):
+    def update(opt, p, g, state) -> None:
+        launch(*plan(opt, p, g, state))
+
+    update.__doc__ = f"`{plan.__name__[5:]}` in one kernel on the GPU (`optimizers` calls it for CuPy flat buffers)."
+    return update
 
 
-def adam(opt, p, g, state) -> None:
-    """Adam, AMSGrad and AdamW: `optimizers.Adam.update` in one kernel."""
-    launch(*plan_adam(opt, p, g, state))
-
-
-def rmsprop(opt, p, g, state) -> None:
-    """RMSprop, centered and with momentum: `optimizers.RMSprop.update` in one kernel."""
-    launch(*plan_rmsprop(opt, p, g, state))
-
-
-def adagrad(opt, p, g, state) -> None:
-    launch(*plan_adagrad(opt, p, g, state))
-
-
-def adadelta(opt, p, g, state) -> None:
-    launch(*plan_adadelta(opt, p, g, state))
-
-
-def nadam(opt, p, g, state) -> None:
-    launch(*plan_nadam(opt, p, g, state))
-
-
-def radam(opt, p, g, state) -> None:
-    launch(*plan_radam(opt, p, g, state))
-
-
-def adamax(opt, p, g, state) -> None:
-    launch(*plan_adamax(opt, p, g, state))
+sgd = _launcher(plan_sgd)
+adam = _launcher(plan_adam)
+rmsprop = _launcher(plan_rmsprop)
+adagrad = _launcher(plan_adagrad)
+adadelta = _launcher(plan_adadelta)
+nadam = _launcher(plan_nadam)
+radam = _launcher(plan_radam)
+adamax = _launcher(plan_adamax)

@@ -25,12 +25,11 @@ except ImportError:  # the ufunc path serves alone
     njit = None
 
 
-def usable(p, g, lr) -> bool:
-    """Whether the fused kernel may replace the ufunc path for this update."""
+def flat_buffers(p, g, lr) -> bool:
+    """Whether an update is of one flat float buffer with a scalar lr: what a fused kernel
+    (here or in `gpu_kernels`) replaces. The array module is the caller's to check."""
     return (
-        njit is not None
-        and type(p) is np.ndarray
-        and type(g) is np.ndarray
+        type(g) is type(p)
         and p.ndim == 1
         and p.dtype == g.dtype
         and p.dtype in (np.float32, np.float64)
@@ -39,6 +38,10 @@ def usable(p, g, lr) -> bool:
         and np.isscalar(lr)
     )
 
+
+def usable(p, g, lr) -> bool:
+    """Whether the fused kernel may replace the ufunc path for this update."""
+    return njit is not None and type(p) is np.ndarray and flat_buffers(p, g, lr)
 
 if njit is not None:
 
