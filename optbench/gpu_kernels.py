@@ -26,8 +26,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from optbench.backend import get_array_module
 from optbench.kernels import flat_buffers
 
