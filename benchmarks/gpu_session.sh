@@ -4,9 +4,10 @@
 #
 #     bash benchmarks/gpu_session.sh DATA_DIR OUT_DIR
 #
-# DATA_DIR holds the four MNIST files (raw or .gz); OUT_DIR receives the logs and results.tgz.
+# DATA_DIR is a --data-dir: it holds mnist/ with the four MNIST files (raw or .gz); OUT_DIR
+# receives the logs and results.tgz.
 # In this workplace, with the device tool (its machine reaches no registry, so the data travels):
-#     mkdir -p .gpudata && for f in ~/.cache/optbench/data/mnist/*-ubyte; do gzip -c "$f" > ".gpudata/$(basename "$f").gz"; done
+#     mkdir -p .gpudata/mnist && for f in ~/.cache/optbench/data/mnist/*-ubyte; do gzip -c "$f" > ".gpudata/mnist/$(basename "$f").gz"; done
 #     run(command="bash benchmarks/gpu_session.sh .gpudata $OUT", carry=[".gpudata"], timeout_s=600)
 # It takes about five minutes on an H100 (the CPU runs are the slow part).
 set -u

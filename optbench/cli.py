@@ -41,7 +41,7 @@ class _OneLineErrors(typer.core.TyperGroup):
             if not standalone_mode:
                 raise
             message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
-            err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code if isinstance(exc, ClickException) else 2)
         except typer.Abort:
             if not standalone_mode:
@@ -125,7 +125,7 @@ def surface_command(
                 written.append((result, files))
                 progress.advance(task)
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: {len(written)} of {len(surfaces)} surfaces written under {out}")
+        err_console.print(f"[yellow]interrupted[/]: {len(written)} of {len(surfaces)} surfaces written under {escape(str(out))}")
         raise typer.Exit(130)
     if quiet:
         return
@@ -136,7 +136,7 @@ def surface_command(
         if tune:
             title += " — lr tuned"
         console.print(tables.surface_summary(result.summary, title))
-        console.print(f"[dim]wrote {files[0].parent}/ ({', '.join(f.name for f in files)})[/]")
+        console.print(f"[dim]wrote {escape(str(files[0].parent))}/ ({escape(', '.join(f.name for f in files))})[/]")
 
 
 @app.command("mnist")
@@ -188,7 +188,7 @@ def mnist_command(
     folder = prepare_dir(out / "mnist" / (name or mnist_bench.default_run_name(config, chosen)))
     started = datetime.now().isoformat(timespec="seconds")
     if not quiet:
-        err_console.print(f"[dim]{dataset} on {chosen.name} ({chosen.facts.get('device_name')}), writing {folder}[/]")
+        err_console.print(f"[dim]{dataset} on {chosen.name} ({escape(str(chosen.facts.get('device_name')))}), writing {escape(str(folder))}[/]")
     with _download_progress(quiet) as downloads:
         data = mnist_bench.load_data(config, data_dir, chosen, progress=_download_reporter(downloads), notify=_warn)
     if len(data[0]) < config.batch_size:
@@ -216,9 +216,9 @@ def mnist_command(
     if runs and written and not quiet:
         summary = mnist_bench.read_runs([folder])[2]
         console.print(tables.mnist_summary(summary, f"{dataset}, {'-'.join(map(str, (784, *config.hidden, 10)))}, batch {config.batch_size}, {chosen.name}"))
-        console.print(f"[dim]wrote {folder}/ ({', '.join(p.name for p in written)})[/]")
+        console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")
     if status == "interrupted":
-        err_console.print(f"[yellow]interrupted[/]: kept what was trained, in {folder}")
+        err_console.print(f"[yellow]interrupted[/]: kept what was trained, in {escape(str(folder))}")
         raise typer.Exit(130)
 
 
@@ -256,7 +256,7 @@ def report_command(
     curves, epochs, summary, metas = mnist_bench.read_runs(runs)
     for folder, meta in zip(runs, metas):
         if meta.get("status") not in ("finished", None):
-            err_console.print(f"[yellow]warning:[/] {folder} is marked {meta.get('status')!r}: its numbers are partial")
+            err_console.print(f"[yellow]warning:[/] {escape(str(folder))} is marked {escape(repr(meta.get('status')))}: its numbers are partial")
     curves, epochs, summary = mnist_bench.label_by_run(curves, epochs, summary)
     summary = mnist_bench.sort_summary(summary)
     console.print(tables.mnist_summary(summary, f"{len(runs)} run(s): {', '.join(p.name for p in runs)}"))
@@ -270,7 +270,7 @@ def report_command(
             from optbench.results import write_csv
 
             written.append(write_csv(comparison, target / "devices.csv"))
-        console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
+        console.print(f"[dim]wrote {escape(', '.join(str(p) for p in written))}[/]")
 
 
 @app.command("regress")
@@ -292,7 +292,7 @@ def regress_command(
     if update:
         for s in suites:
             changed = regress.write_baseline(s, regress.measure(s))
-            console.print(f"{s.name}: wrote {s.baseline_path} ({len(changed)} value(s) changed)")
+            console.print(f"{escape(s.name)}: wrote {escape(str(s.baseline_path))} ({len(changed)} value(s) changed)")
             if len(changed) and not quiet:
                 console.print(tables.baseline_changes(changed.head(40), f"{s.name}: changed values (first 40)"))
         return
@@ -300,7 +300,7 @@ def regress_command(
     comparisons = []
     for s, baseline in zip(suites, baselines):
         if not quiet:
-            err_console.print(f"[dim]running suite {s.name} ({s.path})[/]")
+            err_console.print(f"[dim]running suite {escape(s.name)} ({escape(str(s.path))})[/]")
         comparisons.append(regress.compare(s, baseline, regress.RUNNERS[s.kind](s, None)))
     comparison = pd.concat(comparisons, ignore_index=True)
     comparison = comparison.sort_values("status", key=lambda c: c.ne("FAIL") * 2 + c.eq("ok"), kind="stable")
@@ -356,14 +356,14 @@ def bench_command(
         console.print(f"[yellow]no CUDA-graph row for {case}: {escape(reason)}[/]")
     if not facts["torch"]:
         console.print("[yellow]torch is not importable: no PyTorch columns (pip install 'optbench[bench]')[/]")
-    console.print(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
+    console.print(f"[dim]wrote {escape(', '.join(str(p) for p in written))}[/]")
 
 
 data_app = typer.Typer(cls=_OneLineErrors, help="Fetch and verify MNIST and Fashion-MNIST.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def _download_progress(quiet: bool) -> Progress:
@@ -403,7 +403,7 @@ def data_fetch_command(
             x_train, _, x_test, _ = datasets.load(name, data_dir, progress=report, notify=_warn)
             folder = datasets.data_root(data_dir) / name
             if not quiet:
-                console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {folder}")
+                console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {escape(str(folder))}")
 
 
 def main() -> None:

@@ -105,6 +105,7 @@ def test_device_gpu_without_cupy_says_what_to_install(tmp_path):
     result = invoke("mnist", "--device", "gpu", "--out", tmp_path)
     assert result.exit_code == 2
     assert "cupy-cuda12x" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "optbench[gpu]" in result.output  # square brackets shown, not taken for markup
 
 
 @pytest.mark.parametrize(
@@ -119,6 +120,7 @@ def test_device_gpu_without_cupy_says_what_to_install(tmp_path):
         (["--opt", "adam", "--hp", "beta1=2"], "beta1"),
         (["--batch-size", "0"], "--batch-size"),
         (["--cuda-graph"], "--cuda-graph needs the GPU"),
+        (["--opt", "nosuch[red]"], "nosuch[red]"),
         (["--cuda-graph", "--dropout", "0.5"], "does not support --dropout"),
         (["--cuda-graph", "--batchnorm"], "does not support --dropout or --batchnorm"),
     ],
