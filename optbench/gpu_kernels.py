@@ -68,7 +68,8 @@ d = nesterov ? buf * momentum + d : buf;
 p = p - d * lr;
 """
 
-_ADAM_BODY = """
+# Adam, NAdam and RAdam begin alike: weight decay (decoupled or L2), then both moments.
+_MOMENTS = """
 T q = p;
 T d = g;
 if (decoupled) q = q * decay_factor;
@@ -76,7 +77,9 @@ else if (wd != 0) d = q * wd + d;
 T diff = d - m;
 m = small ? m + diff * w : d - diff * one_minus_w;  /* torch's lerp */
 v = v * b2 + (d * one_minus_b2) * d;
-#if AMSGRAD
+"""
+
+_ADAM_BODY = _MOMENTS + """#if AMSGRAD
 vmax = (vmax > v || vmax != vmax) ? vmax : v;  /* np.maximum: NaN wins */
 T second = vmax;
 #else
@@ -122,28 +125,12 @@ acc_delta = acc_delta * rho + (delta * one_minus_rho) * delta;
 p = p - delta * lr;
 """
 
-_NADAM_BODY = """
-T q = p;
-T d = g;
-if (decoupled) q = q * decay_factor;
-else if (wd != 0) d = q * wd + d;
-T diff = d - m;
-m = small ? m + diff * w : d - diff * one_minus_w;
-v = v * b2 + (d * one_minus_b2) * d;
-T denom = sqrt(v / bias_correction2) + eps;
+_NADAM_BODY = _MOMENTS + """T denom = sqrt(v / bias_correction2) + eps;
 q = q + (d * grad_coef) / denom;
 p = q + (m * avg_coef) / denom;
 """
 
-_RADAM_BODY = """
-T q = p;
-T d = g;
-if (decoupled) q = q * decay_factor;
-else if (wd != 0) d = q * wd + d;
-T diff = d - m;
-m = small ? m + diff * w : d - diff * one_minus_w;
-v = v * b2 + (d * one_minus_b2) * d;
-T step = m / bias_correction1 * lr;
+_RADAM_BODY = _MOMENTS + """T step = m / bias_correction1 * lr;
 if (rectified) step = step * (bc2_sqrt / (sqrt(v) + eps)) * rect;  /* else: SGD with momentum */
 p = q - step;
 """
