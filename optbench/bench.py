@@ -91,14 +91,14 @@ class OursStep:
         self.optimizer = make_optimizer(opt, **({"lr": BENCH_LR[opt]} if opt in BENCH_LR else {}))
         self.state = self.optimizer.init(self.net.params)
         self.sync = device.sync
-        self.graphed = GraphedStep(self.net, self.x, self.y, batch) if cuda_graph else None
+        self.graphed = GraphedStep(self.net, self.x, self.y, (1, batch)) if cuda_graph else None
 
     def __call__(self, steps: int) -> float:
         self.sync()
         start = time.perf_counter()
         for _ in range(steps):
             if self.graphed:
-                self.graphed(self.index)
+                self.graphed(self.index[None])
             else:
                 self.net.loss_and_grads(self.x[self.index], self.y[self.index])
             self.optimizer.update(self.net.params, self.net.grads, self.state)

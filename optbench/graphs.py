@@ -35,23 +35,24 @@ def unsupported_reason(net) -> str | None:
 
 
 class GraphedStep:
-    """`net.loss_and_grads(x_train[index], y_train[index], weight_decay)` for index arrays of
-    `batch_size` entries, as one CUDA graph. Calling it fills `net.grads` and returns the loss
-    (a fresh device array: the graph's own is overwritten by the next replay)."""
+    """`net.losses_and_grads(x_train[index], y_train[index], weight_decay)` for index arrays of
+    `index_shape` (input groups, batch size), as one CUDA graph. Calling it fills the population's
+    gradients and returns the losses (a fresh device array: the graph's own is overwritten by the
+    next replay)."""
 
-    def __init__(self, net, x_train, y_train, batch_size: int, weight_decay: float = 0.0):
+    def __init__(self, net, x_train, y_train, index_shape: tuple[int, int], weight_decay: float = 0.0):
         reason = unsupported_reason(net)
         if reason:
             raise OptbenchError(reason)
         import cupy
 
         self._cupy = cupy
-        self.index = cupy.zeros(batch_size, dtype=cupy.int64)
+        self.index = cupy.zeros(index_shape, dtype=cupy.int64)
         self.pool = cupy.cuda.MemoryPool()  # the graph's private memory, alive as long as it is
         capture_stream = cupy.cuda.Stream(non_blocking=True)
 
         def step():
-            return net.loss_and_grads(x_train[self.index], y_train[self.index], weight_decay)
+            return net.losses_and_grads(x_train[self.index], y_train[self.index], weight_decay)
 
         # The graph holds the addresses of these arrays: they must outlive it, and `net.params`
         # and `net.grads` must only ever be written in place (optimizers and `restore` do so).

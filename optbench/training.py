@@ -1,12 +1,17 @@
-"""Training an MLP with one optimizer: seeded mini-batches, evaluation, and timing of the steps.
+"""Training a population of MLPs: seeded mini-batches, per-member updates, evaluation, timing.
 
-Knows nothing of the terminal: progress goes to optional callbacks, results come back as plain
-records for `mnist_bench` to turn into tables and files.
+Knows nothing of the terminal: progress goes to optional callbacks, results come back as a
+`PopulationLog` of arrays (one column per member) for `experiment` to turn into tables.
+
+Every member has its own optimizer and state and updates its own row of the parameter buffer.
+A member whose loss turns non-finite is frozen at once: from that step on its rows no longer
+change and it is not evaluated; the others train exactly as if it were not there (their
+products and updates never read its rows). A population of one is the single model: `train`.
 
 Timing covers the training steps only (forward, backward, update), not evaluation, logging or
 I/O, and starts after a few warm-up steps on a throwaway copy of the state. On a GPU, `sync`
-waits for queued work at the ends of each timed interval; inside it nothing crosses between
-host and device: the batch orders are uploaded before it, the losses read back after it.
+waits for queued work at the ends of each timed interval; the batch orders are uploaded before
+it, and the losses are read back once per step (K values: the divergence check).
 """
 
 from __future__ import annotations
@@ -14,22 +19,200 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from optbench.backend import get_array_module, to_numpy
 from optbench.graphs import GraphedStep
-from optbench.mlp import MLP, softmax_cross_entropy
+from optbench.mlp import MLP, Population, softmax_cross_entropy
 
 # Six steps reach every code path of every built-in optimizer (RAdam's rectified branch starts at
 # step 6), so no GPU kernel is compiled inside the timed steps.
 WARMUP_STEPS = 6
+EVAL_BATCH = 2000  # test samples per evaluated batch
+EVAL_MEMBERS = 12  # members per evaluated batch: EVAL_BATCH x EVAL_MEMBERS activations at most
+
+
+def batch_order(n_samples: int, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The sample order of one epoch: a function of (seed, epoch) only, so every member of one
+    seed sees the same batches; without `shuffle`, the data set's own order (a `DataLoader`
+    without shuffling)."""
+    if not shuffle:
+        return np.arange(n_samples)
+    return np.random.default_rng([seed, epoch]).permutation(n_samples)
+
+
+@dataclass
+class PopulationLog:
+    """What a population's training recorded, one column per member.
+
+    `losses[k, i]` is member k's train loss at iteration i + 1 (NaN where it did not train);
+    `diverged_at[k]` the iteration whose loss was non-finite (0: never); `evaluations` one dict
+    per evaluation with per-member arrays (NaN for members not evaluated).
+    """
+
+    losses: np.ndarray
+    diverged_at: np.ndarray
+    evaluations: list[dict] = field(default_factory=list)
+    done: int = 0
+    interrupted: bool = False
+
+    def last_iteration(self, k: int) -> int:
+        return int(self.diverged_at[k]) or self.done
+
+
+def evaluate(pop: Population, x, y, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy of every member in eval mode (no dropout, batch-norm running
+    statistics), as host arrays (K,). Members go in chunks and samples in batches of fixed
+    sizes, so a member's numbers do not depend on the population around it."""
+    xp = get_array_module(x)
+    total_loss, correct = np.zeros(pop.k), np.zeros(pop.k, dtype=np.int64)
+    training, pop.training = pop.training, False
+    try:
+        with np.errstate(all="ignore"):  # frozen members may hold non-finite weights
+            for first in range(0, pop.k, EVAL_MEMBERS):
+                members = slice(first, min(pop.k, first + EVAL_MEMBERS))
+                for start in range(0, len(x), batch_size):
+                    logits = pop.forward_stack(x[None, start : start + batch_size], members)
+                    labels = y[start : start + batch_size]
+                    stacked = xp.broadcast_to(labels, logits.shape[:2])
+                    loss, _ = softmax_cross_entropy(logits, stacked)
+                    total_loss[members] += to_numpy(loss).astype(np.float64) * len(labels)
+                    correct[members] += to_numpy(xp.count_nonzero(logits.argmax(axis=-1) == labels, axis=1))
+    finally:
+        pop.training = training
+    return total_loss / len(x), correct / len(x)
+
+
+def train_population(
+    pop: Population,
+    optimizers: Sequence,
+    x_train,
+    y_train,
+    eval_sets: dict[str, tuple],
+    *,
+    epochs: int = 1,
+    iterations: int | None = None,
+    eval_every: int | None = None,
+    batch_size: int = 128,
+    group_seeds: Sequence[int] = (0,),
+    shuffle: bool = True,
+    weight_decay: float = 0.0,
+    sync: Callable[[], None] = lambda: None,
+    on_step: Callable[[int], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+    cuda_graph: bool = False,
+) -> PopulationLog:
+    """Train every member of `pop` in place with its optimizer (`optimizers[k]` for row k).
+
+    Input group g draws its batches from seed `group_seeds[g]`. Evaluates on each of
+    `eval_sets` ({"test": (x, y), "val": ...}) at each epoch end, or every `eval_every` steps,
+    and after the last step. The last partial batch of an epoch is dropped. Ctrl-C stops the
+    run and marks it interrupted; what was logged is kept.
+    `cuda_graph` replays each step's gather, forward and backward as one CUDA graph (`graphs`).
+    """
+    xp = get_array_module(pop.rows)
+    if len(optimizers) != pop.k or len(group_seeds) != pop.n_groups:
+        raise ValueError("one optimizer per member and one seed per input group")
+    per_epoch = len(x_train) // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_train)})")
+    total = iterations if iterations is not None else epochs * per_epoch
+    interval = eval_every or per_epoch
+    log = PopulationLog(np.full((pop.k, total), np.nan), np.zeros(pop.k, dtype=np.int64))
+    active = np.ones(pop.k, dtype=bool)
+
+    def orders_of(epoch: int):
+        return xp.asarray(np.stack([batch_order(len(x_train), epoch + 1, s, shuffle) for s in group_seeds]))
+
+    graphed = GraphedStep(pop, x_train, y_train, (pop.n_groups, batch_size), weight_decay) if cuda_graph else None
+
+    def step(index, states, members):
+        if graphed:
+            losses = graphed(index)
+        else:
+            losses = pop.losses_and_grads(x_train[index], y_train[index], weight_decay)
+        for k in members:
+            optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
+        return losses
+
+    # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
+    saved = pop.snapshot()
+    warm_states = [opt.init(pop.rows[k]) for k, opt in enumerate(optimizers)]
+    warm_order = orders_of(0)
+    with np.errstate(all="ignore"):
+        for b in range(min(WARMUP_STEPS, per_epoch)):
+            step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_states, range(pop.k))
+    pop.restore(saved)
+    pop.grad_rows[...] = 0
+    del warm_states
+
+    states = [opt.init(pop.rows[k]) for k, opt in enumerate(optimizers)]
+    members = list(range(pop.k))
+    done, orders, seconds, first = 0, {}, 0.0, 0
+    try:
+        while done < total and members:
+            # The orders of the epochs this interval reaches, on the device before the clock
+            # starts: no transfer inside the timed loop.
+            end = min(total, (done // interval + 1) * interval)
+            needed = range(done // per_epoch, (end - 1) // per_epoch + 1)
+            orders = {e: orders[e] if e in orders else orders_of(e) for e in needed}
+            first, seconds = done, 0.0
+            sync()
+            started = time.perf_counter()
+            # Overflow is how divergence shows; it is found from the losses, not warned about.
+            with np.errstate(all="ignore"):
+                while True:
+                    epoch, b = divmod(done, per_epoch)
+                    losses = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], states, members)
+                    done += 1
+                    # The divergence check: K values back to the host (one sync per step on a GPU).
+                    values = to_numpy(losses).astype(np.float64)
+                    log.losses[members, done - 1] = values[members]
+                    bad = [k for k in members if not math.isfinite(values[k])]
+                    if bad:
+                        log.diverged_at[bad] = done
+                        active[bad] = False
+                        members = [k for k in members if active[k]]
+                    log.done = done
+                    if on_step:
+                        on_step(done)
+                    if done == total or done % interval == 0 or not members:
+                        break
+            sync()
+            seconds = time.perf_counter() - started
+            _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval)
+    except KeyboardInterrupt:
+        log.interrupted = True
+    return log
+
+
+def _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval) -> None:
+    steps = done - first
+    record = {
+        "epoch": (done - 1) // per_epoch + 1,
+        "iteration": done,
+        "members": active.copy(),
+        # Each member's mean train loss over the interval, from its contiguous row.
+        "train_loss": np.array([log.losses[k, first:done].mean() if active[k] else np.nan for k in range(pop.k)]),
+        # Seconds per epoch at the rate of this interval (the interval is an epoch by default);
+        # the whole population trained in these seconds.
+        "epoch_seconds": seconds * per_epoch / steps,
+        "samples_per_s": steps * batch_size / seconds,
+    }
+    for name, (x, y) in eval_sets.items():
+        loss, acc = evaluate(pop, x, y)
+        record[f"{name}_loss"] = np.where(active, loss, np.nan)
+        record[f"{name}_acc"] = np.where(active, acc, np.nan)
+    log.evaluations.append(record)
+    if on_eval:
+        on_eval(record)
 
 
 @dataclass
 class TrainLog:
-    """Train loss per iteration and test metrics per evaluation; how the run ended."""
+    """One member's record: train loss per iteration and test metrics per evaluation."""
 
     iterations: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
@@ -37,143 +220,29 @@ class TrainLog:
     interrupted: bool = False
 
 
-def batch_order(n_samples: int, epoch: int, seed: int) -> np.ndarray:
-    """The shuffled sample order of one epoch: a function of (seed, epoch) only, so every
-    optimizer in a comparison sees the same batches."""
-    return np.random.default_rng([seed, epoch]).permutation(n_samples)
+def member_log(log: PopulationLog, k: int, per_epoch: int) -> TrainLog:
+    """Member k's part of a population's log, in the single model's form."""
+    last = log.last_iteration(k)
+    iterations = [
+        {"epoch": i // per_epoch + 1, "iteration": i + 1, "train_loss": float(log.losses[k, i])} for i in range(last)
+    ]
+    evaluations = []
+    for record in log.evaluations:
+        if not record["members"][k]:
+            continue
+        entry = {"epoch": record["epoch"], "iteration": record["iteration"], "train_loss": float(record["train_loss"][k])}
+        for key, value in record.items():
+            if key.endswith(("_loss", "_acc")) and key != "train_loss":
+                entry[key] = float(value[k])
+        entry["epoch_seconds"], entry["samples_per_s"] = record["epoch_seconds"], record["samples_per_s"]
+        evaluations.append(entry)
+    diverged = bool(log.diverged_at[k])
+    return TrainLog(iterations, evaluations, diverged, log.interrupted and not diverged)
 
 
-def evaluate(net: MLP, x, y, batch_size: int = 2000) -> tuple[float, float]:
-    """Mean loss and accuracy in eval mode (no dropout, batch-norm running statistics)."""
-    xp = get_array_module(x)
-    training, net.training = net.training, False
-    try:
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(x), batch_size):
-            logits = net.forward(x[start : start + batch_size])
-            labels = y[start : start + batch_size]
-            loss, _ = softmax_cross_entropy(logits, labels)
-            total_loss += float(loss) * len(labels)
-            correct += int(xp.count_nonzero(logits.argmax(axis=1) == labels))
-    finally:
-        net.training = training
-    return total_loss / len(x), correct / len(x)
-
-
-def train(
-    net: MLP,
-    optimizer,
-    x_train,
-    y_train,
-    x_test,
-    y_test,
-    *,
-    epochs: int = 1,
-    iterations: int | None = None,
-    eval_every: int | None = None,
-    batch_size: int = 128,
-    seed: int = 0,
-    weight_decay: float = 0.0,
-    sync: Callable[[], None] = lambda: None,
-    on_step: Callable[[int], None] | None = None,
-    on_eval: Callable[[dict], None] | None = None,
-    cuda_graph: bool = False,
-) -> TrainLog:
-    """Train `net` in place for `epochs` (or exactly `iterations` steps).
-
-    Evaluates at each epoch end, or every `eval_every` steps, and after the last step. The last
-    partial batch of an epoch is dropped. A non-finite loss stops the run and marks it
-    diverged; Ctrl-C stops it and marks it interrupted; either way what was logged is kept.
-    `cuda_graph` replays each step's forward and backward as one CUDA graph (`graphs`).
-    """
-    xp = get_array_module(net.params)
-    log = TrainLog()
-    per_epoch = len(x_train) // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_train)})")
-    total = iterations if iterations is not None else epochs * per_epoch
-    interval = eval_every or per_epoch
-
-    graphed = GraphedStep(net, x_train, y_train, batch_size, weight_decay) if cuda_graph else None
-
-    def step(index, state):
-        if graphed:
-            loss = graphed(index)
-        else:
-            loss = net.loss_and_grads(x_train[index], y_train[index], weight_decay)
-        optimizer.update(net.params, net.grads, state)
-        return loss
-
-    # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
-    saved = net.snapshot()
-    warm_state = optimizer.init(net.params)
-    with np.errstate(all="ignore"):
-        for b in range(min(WARMUP_STEPS, per_epoch)):
-            step(xp.asarray(batch_order(len(x_train), 1, seed)[b * batch_size : (b + 1) * batch_size]), warm_state)
-    net.restore(saved)
-    net.grads[...] = 0
-
-    state = optimizer.init(net.params)
-    done, orders, pending, seconds = 0, {}, [], 0.0
-    try:
-        while done < total:
-            # The shuffled orders of the epochs this interval reaches, on the device before the
-            # clock starts: no transfer inside the timed loop.
-            end = min(total, (done // interval + 1) * interval)
-            needed = range(done // per_epoch, (end - 1) // per_epoch + 1)
-            orders = {e: orders[e] if e in orders else xp.asarray(batch_order(len(x_train), e + 1, seed)) for e in needed}
-            sync()
-            started = time.perf_counter()
-            # Overflow is how divergence shows; it is found from the losses, not warned about.
-            with np.errstate(all="ignore"):
-                while True:
-                    epoch, b = divmod(done, per_epoch)
-                    pending.append(step(orders[epoch][b * batch_size : (b + 1) * batch_size], state))
-                    done += 1
-                    if on_step:
-                        on_step(done)
-                    if done == total or done % interval == 0:
-                        break
-            sync()
-            seconds += time.perf_counter() - started
-            _close_interval(log, net, pending, done, per_epoch, batch_size, seconds, x_test, y_test, on_eval)
-            pending, seconds = [], 0.0
-            if log.diverged:
-                break
-    except KeyboardInterrupt:
-        log.interrupted = True
-        if pending:
-            _record_losses(log, pending, done, per_epoch)
-    return log
-
-
-def _record_losses(log: TrainLog, pending: list, done: int, per_epoch: int) -> list[float]:
-    # One read-back per interval: the losses stayed on the device until now.
-    xp = get_array_module(pending[0])
-    values = [float(v) for v in to_numpy(xp.stack(pending))]
-    first = done - len(values) + 1
-    for k, value in enumerate(values):
-        iteration = first + k
-        log.iterations.append({"epoch": (iteration - 1) // per_epoch + 1, "iteration": iteration, "train_loss": value})
-    return values
-
-
-def _close_interval(log, net, pending, done, per_epoch, batch_size, seconds, x_test, y_test, on_eval) -> None:
-    values = _record_losses(log, pending, done, per_epoch)
-    if not all(math.isfinite(v) for v in values):
-        log.diverged = True
-        return
-    test_loss, test_acc = evaluate(net, x_test, y_test)
-    record = {
-        "epoch": (done - 1) // per_epoch + 1,
-        "iteration": done,
-        "train_loss": float(np.mean(values)),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        # Seconds per epoch at the rate of this interval (the interval is an epoch by default).
-        "epoch_seconds": seconds * per_epoch / len(values),
-        "samples_per_s": len(values) * batch_size / seconds,
-    }
-    log.evaluations.append(record)
-    if on_eval:
-        on_eval(record)
+def train(net: MLP, optimizer, x_train, y_train, x_test, y_test, *, seed: int = 0, shuffle: bool = True,
+          on_step=None, on_eval=None, **options) -> TrainLog:
+    """Train the single model `net` in place: a population of one (`train_population`)."""
+    log = train_population(net, [optimizer], x_train, y_train, {"test": (x_test, y_test)}, group_seeds=[seed],
+                           shuffle=shuffle, on_step=on_step, on_eval=on_eval, **options)
+    return member_log(log, 0, len(x_train) // options.get("batch_size", 128))

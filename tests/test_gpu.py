@@ -133,7 +133,7 @@ def test_cuda_graph_refuses_dropout_and_batchnorm():
     x, y = cupy.zeros((256, 784), dtype=cupy.float32), cupy.zeros(256, dtype=cupy.int64)
     for options in ({"dropout": 0.5}, {"batchnorm": True}):
         with pytest.raises(OptbenchError, match="do not support"):
-            GraphedStep(MLP((784, 32, 10), xp=cupy, **options), x, y, 128)
+            GraphedStep(MLP((784, 32, 10), xp=cupy, **options), x, y, (1, 128))
 
 
 def test_bench_on_the_gpu_has_eager_graph_and_torch_rows():
