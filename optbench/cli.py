@@ -146,11 +146,14 @@ def mnist_command(
     dataset: Annotated[str, typer.Option("--dataset", help="mnist or fashion.")] = "mnist",
     data_dir: DataDirOption = None,
     device: Annotated[str, typer.Option("--device", help="cpu, gpu or auto.")] = "cpu",
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate for every optimizer (default: torch's, 0.01 for sgd/momentum/nesterov).")] = None,
+    lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Learning rate, repeatable: every optimizer trains at each (default: torch's, 0.01 for sgd/momentum/nesterov).")] = None,
     hp: HpOption = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Train seeds S .. S+N-1 (S from --seed) for every optimizer and lr.")] = 1,
+    tune: Annotated[bool, typer.Option("--tune", help="Pick each optimizer's lr from 7 lrs around its default (x10^±1.5) by validation accuracy, then train it over --seeds.")] = False,
+    validation: Annotated[Optional[int], typer.Option("--validation", help="Hold out the last N training images for validation (default 10,000 with --tune, else none).")] = None,
     hidden: Annotated[str, typer.Option("--hidden", help="Hidden layer widths.")] = "100,100,100,100",
     activation: Annotated[str, typer.Option("--activation", help="relu, sigmoid or tanh.")] = "relu",
-    init: Annotated[str, typer.Option("--init", help="he, xavier or std (0.01).")] = "he",
+    init: Annotated[str, typer.Option("--init", help="he, xavier, std (0.01) or torch (nn.Linear's default uniform).")] = "he",
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout probability after each hidden layer.")] = 0.0,
     batchnorm: Annotated[bool, typer.Option("--batchnorm", help="Batch normalisation before each activation.")] = False,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="L2 penalty 0.5·wd·|W|² in the loss (weights, not biases).")] = 0.0,
@@ -158,114 +161,145 @@ def mnist_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 5,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Train exactly this many steps instead of --epochs.")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (default: each epoch end).")] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the initial weights and the batch order.")] = 0,
+    shuffle: Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the batches each epoch (--no-shuffle: the data set's order, as a DataLoader without shuffle).")] = True,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="First seed of the initial weights and the batch order.")] = 0,
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training images.")] = None,
     test_size: Annotated[Optional[int], typer.Option("--test-size", help="Use only the first N test images.")] = None,
+    max_population: Annotated[Optional[int], typer.Option("--max-population", help="Train at most N members at once (default: as many as fit in memory).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: dataset-device-time).")] = None,
     out: OutOption = Path("results"),
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw loss.png, accuracy.png, time.png.")] = True,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="GPU: replay each step's forward and backward as one CUDA graph (no dropout or batch norm).")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Train the MLP on MNIST or Fashion-MNIST with each optimizer; compare curves, accuracy, time."""
-    from optbench import backend, datasets, mnist_bench
+    """Train the MLP on MNIST or Fashion-MNIST: optimizers × lrs × seeds as one population."""
+    from optbench import backend, experiment, runs
+
     if compare not in (None, "all"):
         raise OptbenchError(f"--compare {compare!r}: only 'all' (or list optimizers with --opt)")
-    if lr is not None and lr <= 0:
-        raise OptbenchError(f"invalid --lr {lr} (must be > 0)")
-    datasets.get_spec(dataset)
-    config = mnist_bench.MnistConfig(
-        dataset=dataset, hidden=mnist_bench.parse_hidden(hidden), activation=activation, init=init, dropout=dropout,
+    if max_population is not None and max_population < 1:
+        raise OptbenchError(f"invalid --max-population {max_population} (must be >= 1)")
+    problem = experiment.MnistProblem(
+        dataset=dataset, hidden=parse_hidden(hidden), activation=activation, init=init, dropout=dropout,
         batchnorm=batchnorm, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, iterations=iterations,
-        eval_every=eval_every, seed=seed, train_size=train_size, test_size=test_size, cuda_graph=cuda_graph,
+        eval_every=eval_every, shuffle=shuffle, train_size=train_size, test_size=test_size, validation=validation,
+        cuda_graph=cuda_graph, data_dir=str(data_dir) if data_dir else None,
     )
-    config.check()
+    plan = experiment.Experiment(
+        optimizers=(opt or []) + (["all"] if compare else []) or ["adam"], problem=problem, lrs=lr or [], hp=hp or [],
+        seeds=seeds, seed=seed, tune=tune, device=device, max_population=max_population,
+    )
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise OptbenchError(f"--name {name!r}: a folder name, without path separators")
-    contenders = select_contenders((opt or []) + (["all"] if compare else []), hp or [], lr, default="adam")
+    plan.check()
     chosen = backend.select_device(device)
-    config.check_device(chosen)
-    folder = prepare_dir(out / "mnist" / (name or mnist_bench.default_run_name(config, chosen)))
-    started = datetime.now().isoformat(timespec="seconds")
+    if cuda_graph and chosen.name != "gpu":
+        raise OptbenchError(f"--cuda-graph needs the GPU (--device gpu; this run is on {chosen.name})")
+    folder = prepare_dir(out / "mnist" / (name or runs.default_run_name(dataset, chosen.name)))
     if not quiet:
         err_console.print(f"[dim]{dataset} on {chosen.name} ({escape(str(chosen.facts.get('device_name')))}), writing {escape(str(folder))}[/]")
-    with _download_progress(quiet) as downloads:
-        data = mnist_bench.load_data(config, data_dir, chosen, progress=_download_reporter(downloads), notify=_warn)
-    if len(data[0]) < config.batch_size:
-        raise OptbenchError(f"--batch-size {config.batch_size} is larger than the training set ({len(data[0])} images)")
-    per_epoch = len(data[0]) // config.batch_size
-    total = config.iterations or config.epochs * per_epoch
-    runs: list = []
     progress = Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
     )
-    status = "finished"
+    reporter = _TerminalReporter(progress, folder, quiet)
+    with progress:
+        result = plan.run(reporter, device=chosen)
     try:
-        with progress:
-            _train_all(contenders, config, data, chosen, lr, progress, total, runs, folder, started)
-    except KeyboardInterrupt:
-        status = "interrupted"
-    if runs and runs[-1].log.interrupted:
-        status = "interrupted"
-    meta = mnist_bench.manifest(config, chosen, runs, status, started)
-    try:
-        written = mnist_bench.write_run(folder, runs, meta, plot=plot)
+        written = result.write(folder, plot=plot)
     except KeyboardInterrupt:  # a second Ctrl-C: the CSVs and manifest are written first, whole
-        written, status = [], "interrupted"
-    if runs and written and not quiet:
-        summary = mnist_bench.read_runs([folder])[2]
-        console.print(tables.mnist_summary(summary, f"{dataset}, {'-'.join(map(str, (784, *config.hidden, 10)))}, batch {config.batch_size}, {chosen.name}"))
+        written = []
+        result.manifest["status"] = "interrupted"
+    if not quiet and written:
+        _print_mnist_result(result, f"{dataset}, {'-'.join(map(str, problem.sizes))}, batch {batch_size}, {chosen.name}")
         console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")
-    if status == "interrupted":
+    if result.status == "interrupted":
         err_console.print(f"[yellow]interrupted[/]: kept what was trained, in {escape(str(folder))}")
         raise typer.Exit(130)
 
 
-def _train_all(contenders, config, data, chosen, lr, progress, total, runs, folder, started) -> None:
-    """Train each contender in turn, rewriting the run's files as each one finishes."""
-    from optbench import mnist_bench
+def parse_hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptbenchError(f"invalid --hidden {text!r} (comma-separated widths, e.g. 100,100,100,100)") from None
+    if not widths or min(widths) < 1:
+        raise OptbenchError(f"invalid --hidden {text!r} (comma-separated positive widths)")
+    return widths
 
-    for contender in contenders:
-        task = progress.add_task(contender.label, total=total, info="")
 
-        def on_step(done, task=task):
-            progress.update(task, completed=done)
+def _print_mnist_result(result, title: str) -> None:
+    """The tuning choice, then one row per member, or per optimizer and lr over seeds."""
+    if result.tuning is not None:
+        console.print(tables.tuning_table(result.tuning, "Tuning on the validation split (whole grid in tuning.csv)"))
+    if len(result.summary) == 0:
+        return
+    if result.summary["seed"].nunique() > 1:
+        console.print(tables.mnist_aggregate(result.aggregate, f"{title}, {result.summary['seed'].nunique()} seeds (mean ± std)"))
+    else:
+        console.print(tables.mnist_summary(result.summary, title))
 
-        def on_eval(record, task=task):
-            progress.update(task, info=f"epoch {record['epoch']}  loss {record['train_loss']:.3f}  acc {100 * record['test_acc']:.2f}%  {record['samples_per_s']:,.0f} samples/s")
 
-        run = mnist_bench.train_optimizer(contender.label, contender.cls, contender.hparams, config, data, chosen,
-                                          lr=lr, on_step=on_step, on_eval=on_eval)
-        runs.append(run)
-        if run.log.interrupted:
-            return
-        # Written as each optimizer finishes, so that a later crash loses nothing finished.
-        mnist_bench.write_run(folder, runs, mnist_bench.manifest(config, chosen, runs, "running", started), plot=False)
+class _TerminalReporter:
+    """Progress bars, warnings, and the run's files rewritten as each population finishes."""
+
+    def __init__(self, progress: Progress, folder: Path, quiet: bool):
+        self.progress, self.folder, self.quiet = progress, folder, quiet
+        self.task, self.downloads = None, {}
+
+    def phase(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[dim]{escape(text)}[/]")
+
+    def population(self, index: int, count: int, members: int, total_steps: int) -> None:
+        label = f"{members} member{'s' if members > 1 else ''}" + (f" {index + 1}/{count}" if count > 1 else "")
+        self.task = self.progress.add_task(label, total=total_steps, info="")
+
+    def step(self, done: int) -> None:
+        self.progress.update(self.task, completed=done)
+
+    def evaluated(self, record: dict) -> None:
+        import numpy as np
+
+        trained = int(record["members"].sum())
+        accuracy = record.get("test_acc", record.get("val_acc"))
+        best = f"  best acc {100 * np.nanmax(accuracy):.2f}%" if accuracy is not None and trained else ""
+        self.progress.update(self.task, info=f"epoch {record['epoch']}{best}  {trained * record['samples_per_s']:,.0f} samples/s")
+
+    def written(self, result) -> None:
+        result.write(self.folder, plot=False)  # as each population finishes: a crash later loses nothing finished
+
+    def download(self, filename: str, done: int, total: int) -> None:
+        if filename not in self.downloads:
+            self.downloads[filename] = self.progress.add_task(filename, total=total or None, info="download")
+        self.progress.update(self.downloads[filename], completed=done)
+
+    def warn(self, message: str) -> None:
+        _warn(message)
 
 
 @app.command("report")
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by optbench mnist.")],
+    runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to draw the plots (default: the run folder, or results/mnist/report for several).")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Redraw loss.png, accuracy.png, time.png.")] = True,
 ) -> None:
     """Tables and plots again from saved runs, without training; CPU vs GPU when both are there."""
-    from optbench import mnist_bench
+    from optbench import runs
 
-    curves, epochs, summary, metas = mnist_bench.read_runs(runs)
-    for folder, meta in zip(runs, metas):
+    curves, epochs, summary, metas = runs.read_runs(runs_)
+    for folder, meta in zip(runs_, metas):
         if meta.get("status") not in ("finished", None):
             err_console.print(f"[yellow]warning:[/] {escape(str(folder))} is marked {escape(repr(meta.get('status')))}: its numbers are partial")
-    curves, epochs, summary = mnist_bench.label_by_run(curves, epochs, summary)
-    summary = mnist_bench.sort_summary(summary)
-    console.print(tables.mnist_summary(summary, f"{len(runs)} run(s): {', '.join(p.name for p in runs)}"))
-    comparison = mnist_bench.device_comparison(summary)
+    curves, epochs, summary = runs.label_by_run(curves, epochs, summary)
+    result = runs.combined(curves, epochs, summary, metas)
+    _print_mnist_result(result, f"{len(runs_)} run(s): {', '.join(p.name for p in runs_)}")
+    comparison = runs.device_comparison(result.summary)
     if comparison is not None:
         console.print(tables.device_comparison(comparison))
     if plot:
-        target = prepare_dir(out or (runs[0] if len(runs) == 1 else Path("results") / "mnist" / "report"))
-        written = mnist_bench.draw_run_plots(target, curves, epochs, summary)
+        target = prepare_dir(out or (runs_[0] if len(runs_) == 1 else Path("results") / "mnist" / "report"))
+        written = runs.draw_run_plots(target, curves, epochs, result.summary)
         if comparison is not None:
             from optbench.results import write_csv
 

@@ -18,7 +18,8 @@ against NumPy on a GPU.
 
 A setting that has no state array (SGD without momentum, Adam without AMSGrad, ...) gets its
 own variant of the kernel, chosen by the `#if` flags, rather than a dummy array.
-Used for 1-D contiguous CuPy parameters with a scalar learning rate (the MLP's flat buffer).
+`Optimizer.update` calls them, for 1-D contiguous CuPy parameters with a scalar learning rate
+(the MLP's flat buffer), with the step already counted and its scalars (`step_scalars`) computed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+from optbench import step_scalars
 from optbench.backend import get_array_module
 from optbench.kernels import flat_buffers
 
@@ -197,20 +199,20 @@ VARIANTS: tuple[FusedUpdate, ...] = (
 
 
 # -- what each optimizer's update passes to its kernel -----------------------------------------------
-# Each returns (kernel, arrays by name, scalars by name) for one update; `state["step"]` has
-# already been counted. The same plans drive the GPU launch and the host test.
+# Each returns (kernel, arrays by name, scalars by name) for one update, from the step's scalars
+# (`step_scalars`) rounded to the arrays' dtype. The same plans drive the GPU launch and the host test.
 
 def _lerp_scalars(t, weight: float) -> dict:
     return {"w": t(weight), "small": abs(weight) < 0.5, "one_minus_w": t(1 - weight)}
 
 
-def _decay_scalars(t, opt) -> dict:
-    return {"decay_factor": t(1 - opt.lr * opt.weight_decay),
+def _decay_scalars(t, opt, decay_factor: float) -> dict:
+    return {"decay_factor": t(decay_factor),
             "decoupled": bool(getattr(opt, "decoupled_weight_decay", False) and opt.weight_decay != 0),
             "wd": t(opt.weight_decay)}
 
 
-def plan_sgd(opt, p, g, state):
+def plan_sgd(opt, p, g, state, scalars: step_scalars.StepSize):
     t = p.dtype.type
     arrays = {"p": p, "g": g}
     momentum = opt.momentum != 0
@@ -219,88 +221,74 @@ def plan_sgd(opt, p, g, state):
         if first:
             state["momentum_buffer"] = get_array_module(p).empty_like(p)
         arrays["buf"] = state["momentum_buffer"]
-    scalars = {"wd": t(opt.weight_decay), "momentum": t(opt.momentum), "one_minus_dampening": t(1 - opt.dampening),
-               "dampened": bool(opt.dampening), "nesterov": bool(opt.nesterov), "first": first, "lr": t(opt.lr)}
-    return _sgd(momentum), arrays, scalars
+    by_name = {"wd": t(opt.weight_decay), "momentum": t(opt.momentum), "one_minus_dampening": t(1 - opt.dampening),
+               "dampened": bool(opt.dampening), "nesterov": bool(opt.nesterov), "first": first, "lr": t(scalars.lr)}
+    return _sgd(momentum), arrays, by_name
 
 
-def plan_adam(opt, p, g, state):
+def plan_adam(opt, p, g, state, scalars: step_scalars.AdamScalars):
     t = p.dtype.type
-    step = state["step"]
     arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
     if opt.amsgrad:
         arrays["vmax"] = state["max_exp_avg_sq"]
-    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
-               "one_minus_b2": t(1 - opt.beta2), "bc2_sqrt": t((1 - opt.beta2**step) ** 0.5), "eps": t(opt.eps),
-               "neg_step_size": t(-(opt.lr / (1 - opt.beta1**step)))}
-    return _adam(bool(opt.amsgrad)), arrays, scalars
+    by_name = {**_decay_scalars(t, opt, scalars.decay_factor), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bc2_sqrt": t(scalars.bias_correction2_sqrt), "eps": t(opt.eps),
+               "neg_step_size": t(-scalars.step_size)}
+    return _adam(bool(opt.amsgrad)), arrays, by_name
 
 
-def plan_rmsprop(opt, p, g, state):
+def plan_rmsprop(opt, p, g, state, scalars: step_scalars.StepSize):
     t = p.dtype.type
     arrays = {"p": p, "g": g, "square_avg": state["square_avg"]}
     if opt.centered:
         arrays["grad_avg"] = state["grad_avg"]
     if opt.momentum > 0:
         arrays["buf"] = state["momentum_buffer"]
-    scalars = {"wd": t(opt.weight_decay), "alpha": t(opt.alpha), "one_minus_alpha": t(1 - opt.alpha),
+    by_name = {"wd": t(opt.weight_decay), "alpha": t(opt.alpha), "one_minus_alpha": t(1 - opt.alpha),
                **_lerp_scalars(t, 1 - opt.alpha), "eps": t(opt.eps), "momentum": t(opt.momentum),
-               "lr": t(opt.lr), "neg_lr": t(-opt.lr)}
-    return _rmsprop(bool(opt.centered), opt.momentum > 0), arrays, scalars
+               "lr": t(scalars.lr), "neg_lr": t(-scalars.lr)}
+    return _rmsprop(bool(opt.centered), opt.momentum > 0), arrays, by_name
 
 
-def plan_adagrad(opt, p, g, state):
+def plan_adagrad(opt, p, g, state, scalars: step_scalars.AdagradScalars):
     t = p.dtype.type
-    clr = opt.lr / (1 + (state["step"] - 1) * opt.lr_decay)
     arrays = {"p": p, "g": g, "acc": state["sum"]}
-    return _ADAGRAD, arrays, {"wd": t(opt.weight_decay), "eps": t(opt.eps), "neg_clr": t(-clr)}
+    return _ADAGRAD, arrays, {"wd": t(opt.weight_decay), "eps": t(opt.eps), "neg_clr": t(-scalars.clr)}
 
 
-def plan_adadelta(opt, p, g, state):
+def plan_adadelta(opt, p, g, state, scalars: step_scalars.StepSize):
     t = p.dtype.type
     arrays = {"p": p, "g": g, "square_avg": state["square_avg"], "acc_delta": state["acc_delta"]}
-    scalars = {"wd": t(opt.weight_decay), "rho": t(opt.rho), "one_minus_rho": t(1 - opt.rho), "eps": t(opt.eps),
-               "lr": t(opt.lr)}
-    return _ADADELTA, arrays, scalars
+    by_name = {"wd": t(opt.weight_decay), "rho": t(opt.rho), "one_minus_rho": t(1 - opt.rho), "eps": t(opt.eps),
+               "lr": t(scalars.lr)}
+    return _ADADELTA, arrays, by_name
 
 
-def plan_nadam(opt, p, g, state):
+def plan_nadam(opt, p, g, state, scalars: step_scalars.NAdamScalars):
     t = p.dtype.type
-    step = state["step"]
-    mu = opt.beta1 * (1.0 - 0.5 * 0.96 ** (step * opt.momentum_decay))
-    mu_next = opt.beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * opt.momentum_decay))
-    state["mu_product"] *= mu
-    mu_product = state["mu_product"]
     arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
-    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
-               "one_minus_b2": t(1 - opt.beta2), "bias_correction2": t(1 - opt.beta2**step), "eps": t(opt.eps),
-               "grad_coef": t(-opt.lr * (1.0 - mu) / (1.0 - mu_product)),
-               "avg_coef": t((-opt.lr * mu_next) / (1.0 - mu_product * mu_next))}
-    return _NADAM, arrays, scalars
+    by_name = {**_decay_scalars(t, opt, scalars.decay_factor), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bias_correction2": t(scalars.bias_correction2), "eps": t(opt.eps),
+               "grad_coef": t(scalars.grad_coef), "avg_coef": t(scalars.avg_coef)}
+    return _NADAM, arrays, by_name
 
 
-def plan_radam(opt, p, g, state):
+def plan_radam(opt, p, g, state, scalars: step_scalars.RAdamScalars):
     t = p.dtype.type
-    step = state["step"]
-    bias_correction2 = 1 - opt.beta2**step
-    rho_inf = 2 / (1 - opt.beta2) - 1
-    rho_t = rho_inf - 2 * step * opt.beta2**step / bias_correction2
-    rectified = rho_t > 5.0
-    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
     arrays = {"p": p, "g": g, "m": state["exp_avg"], "v": state["exp_avg_sq"]}
-    scalars = {**_decay_scalars(t, opt), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
-               "one_minus_b2": t(1 - opt.beta2), "bias_correction1": t(1 - opt.beta1**step), "lr": t(opt.lr),
-               "rectified": rectified, "bc2_sqrt": t(bias_correction2**0.5), "eps": t(opt.eps), "rect": t(rect)}
-    return _RADAM, arrays, scalars
+    by_name = {**_decay_scalars(t, opt, scalars.decay_factor), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2),
+               "one_minus_b2": t(1 - opt.beta2), "bias_correction1": t(scalars.bias_correction1), "lr": t(scalars.lr),
+               "rectified": scalars.rectified, "bc2_sqrt": t(scalars.bias_correction2_sqrt), "eps": t(opt.eps),
+               "rect": t(scalars.rect)}
+    return _RADAM, arrays, by_name
 
 
-def plan_adamax(opt, p, g, state):
+def plan_adamax(opt, p, g, state, scalars: step_scalars.AdamaxScalars):
     t = p.dtype.type
-    clr = opt.lr / (1 - opt.beta1 ** state["step"])
     arrays = {"p": p, "g": g, "m": state["exp_avg"], "u": state["exp_inf"]}
-    scalars = {"wd": t(opt.weight_decay), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2), "eps": t(opt.eps),
-               "neg_clr": t(-clr)}
-    return _ADAMAX, arrays, scalars
+    by_name = {"wd": t(opt.weight_decay), **_lerp_scalars(t, 1 - opt.beta1), "b2": t(opt.beta2), "eps": t(opt.eps),
+               "neg_clr": t(-scalars.clr)}
+    return _ADAMAX, arrays, by_name
 
 
 # -- on the GPU ------------------------------------------------------------------------------------
@@ -327,10 +315,10 @@ def launch(fused: FusedUpdate, arrays: dict, scalars: dict) -> None:
 
 
 def _launcher(plan):
-    def update(opt, p, g, state) -> None:
-        launch(*plan(opt, p, g, state))
+    def update(opt, p, g, state, scalars) -> None:
+        launch(*plan(opt, p, g, state, scalars))
 
-    update.__doc__ = f"`{plan.__name__[5:]}` in one kernel on the GPU (`optimizers` calls it for CuPy flat buffers)."
+    update.__doc__ = f"`{plan.__name__[5:]}` in one kernel on the GPU (`Optimizer.update` calls it for CuPy flat buffers)."
     return update
 
 

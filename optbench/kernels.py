@@ -8,7 +8,8 @@ That holds because each kernel performs the same IEEE operations in the same ord
 scalar rounded to the array's dtype first (as NumPy does with a Python float), and Numba does
 not contract a*b+c into a fused multiply-add unless asked to (no fastmath here).
 
-Used for 1-D contiguous NumPy parameters with a scalar learning rate (the MLP's flat buffer);
+`Optimizer.update` calls them, for 1-D contiguous NumPy parameters with a scalar learning rate
+(the MLP's flat buffer), with the step already counted and its scalars (`step_scalars`) computed;
 everything else, and everything when Numba is missing, takes the ufunc path.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from optbench.step_scalars import AdamScalars, StepSize
 
 try:
     import numba
@@ -122,8 +125,8 @@ def _one_thread() -> None:
     numba.set_num_threads(1)
 
 
-def sgd(opt, p, g, state) -> None:
-    """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD.update` in one pass."""
+def sgd(opt, p, g, state, scalars: StepSize) -> None:
+    """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD`'s rule in one pass."""
     _one_thread()
     t = p.dtype.type
     first = state["momentum_buffer"] is None
@@ -131,27 +134,26 @@ def sgd(opt, p, g, state) -> None:
         state["momentum_buffer"] = np.empty_like(p)
     buf = state["momentum_buffer"] if opt.momentum != 0 else _unused(p)
     _sgd(p, g, buf, t(opt.weight_decay), t(opt.momentum), t(1 - opt.dampening), bool(opt.dampening), opt.nesterov,
-         first, t(opt.lr))
+         first, t(scalars.lr))
 
 
-def adam(opt, p, g, state) -> None:
-    """Adam, AMSGrad and AdamW: `optimizers.Adam.update` in one pass."""
+def adam(opt, p, g, state, scalars: AdamScalars) -> None:
+    """Adam, AMSGrad and AdamW: `optimizers.Adam`'s rule in one pass."""
     _one_thread()
     t = p.dtype.type
-    step = state["step"]
     w = 1 - opt.beta1
     vmax = state["max_exp_avg_sq"] if opt.amsgrad else _unused(p)
-    _adam(p, g, state["exp_avg"], state["exp_avg_sq"], vmax, t(1 - opt.lr * opt.weight_decay),
+    _adam(p, g, state["exp_avg"], state["exp_avg_sq"], vmax, t(scalars.decay_factor),
           opt.decoupled_weight_decay and opt.weight_decay != 0, t(opt.weight_decay), t(w), abs(w) < 0.5, t(1 - w),
-          t(opt.beta2), t(1 - opt.beta2), opt.amsgrad, t((1 - opt.beta2**step) ** 0.5), t(opt.eps),
-          t(-(opt.lr / (1 - opt.beta1**step))))
+          t(opt.beta2), t(1 - opt.beta2), opt.amsgrad, t(scalars.bias_correction2_sqrt), t(opt.eps),
+          t(-scalars.step_size))
 
 
-def rmsprop(opt, p, g, state) -> None:
-    """RMSprop, centered and with momentum: `optimizers.RMSprop.update` in one pass."""
+def rmsprop(opt, p, g, state, scalars: StepSize) -> None:
+    """RMSprop, centered and with momentum: `optimizers.RMSprop`'s rule in one pass."""
     _one_thread()
     t = p.dtype.type
     w = 1 - opt.alpha
     _rmsprop(p, g, state["square_avg"], state.get("grad_avg", _unused(p)), state.get("momentum_buffer", _unused(p)), t(opt.weight_decay),
              t(opt.alpha), t(1 - opt.alpha), opt.centered, t(w), abs(w) < 0.5, t(1 - w), t(opt.eps), t(opt.momentum),
-             t(opt.lr), t(-opt.lr))
+             t(scalars.lr), t(-scalars.lr))

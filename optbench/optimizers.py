@@ -9,13 +9,18 @@ The arithmetic follows torch's single-tensor code path operation by operation (`
 torch uses `lerp_`, `addcdiv` as `(value * a) / b`), so float64 trajectories agree with
 `torch.optim` to the last few ulps rather than merely to a tolerance.
 
-Every operation writes into an existing array (`out=`, in-place operators, work arrays kept in
-the state): an update allocates nothing, because fresh temporaries of a large parameter set
-page-fault on every step. The scalars stay Python floats, so float32 arrays stay float32.
+The state is a dict. Its entries are the state proper, under torch's names (`step`,
+`exp_avg`, `momentum_buffer`, ...): what one step leaves for the next. `state["scratch"]`, made
+on the first update of a ufunc rule, holds work arrays shaped like `p` that carry nothing between
+steps: every operation writes into an existing array (`out=`, in-place operators, scratch), so an
+update allocates nothing, because fresh temporaries of a large parameter set page-fault on every
+step. The scalars stay Python floats, so float32 arrays stay float32.
 
-On a flat 1-D buffer (the MLP's parameters) the same arithmetic runs as one fused pass:
-`kernels` (Numba) on the CPU for the SGD, Adam and RMSprop families, `gpu_kernels` (CUDA) on
-the GPU for every optimizer. Both are tested bitwise against the rules written here.
+`Optimizer.update` is the one dispatcher. It counts the step, computes the step's scalars once
+(`step_scalars`), and chooses the path: on a flat 1-D buffer with a scalar lr (the MLP's
+parameters) the same arithmetic runs as one fused pass, `kernels` (Numba) on the CPU and
+`gpu_kernels` (CUDA) on the GPU, where the table `FUSED` lists a kernel; everything else runs
+the ufunc rule written here, which is the definition. The kernels are tested bitwise against it.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from optbench import gpu_kernels, kernels
+from optbench import gpu_kernels, kernels, step_scalars
 from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
 
@@ -63,13 +69,13 @@ def _lerp_(start, end, weight: float, work) -> None:
         xp.subtract(end, work, out=start)
 
 
-def _work(state: dict, p, n: int) -> list:
-    """`n` work arrays shaped like `p`, made on the first update and kept in the state."""
-    work = state.get("work")
-    if work is None or len(work) < n:
+def _scratch(state: dict, p, n: int) -> list:
+    """`n` work arrays shaped like `p`, made on the first update and kept in `state["scratch"]`."""
+    scratch = state.get("scratch")
+    if scratch is None or len(scratch) < n:
         xp = get_array_module(p)
-        work = state["work"] = [xp.empty_like(p) for _ in range(n)]
-    return work
+        scratch = state["scratch"] = [xp.empty_like(p) for _ in range(n)]
+    return scratch
 
 
 def _decayed(g, p, weight_decay: float, out):
@@ -87,21 +93,13 @@ def _square_avg_(avg, g, decay: float, work) -> None:
     avg += work
 
 
-def _fused_kernels(p, g, lr):
-    """The module of one-pass kernels for these arrays (Numba on the CPU, CUDA on the GPU), if any."""
-    if kernels.usable(p, g, lr):
-        return kernels
-    if gpu_kernels.usable(p, g, lr):
-        return gpu_kernels
-    return None
-
-
 class Optimizer:
     """Base class: hyperparameters from `defaults`, checked on construction.
 
-    Subclasses set `name`, `paper`, `defaults` and implement `init` and `update`. The learning
-    rate may be a float or, on NumPy, an array that broadcasts against `p` (one lr per row of a
-    point cloud, as `--tune` uses).
+    Subclasses set `name`, `paper`, `defaults` and implement `init` and `update`; the built-ins
+    implement `step_scalars` and `_update_ufunc` instead and leave `update` to dispatch. The
+    learning rate may be a float or, on NumPy, an array that broadcasts against `p` (one lr per
+    row of a point cloud, as `--tune` uses).
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +141,22 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, p, g, state: dict) -> None:
+        """One step, in place: count it, compute its scalars, run the path these arrays take."""
+        state["step"] += 1
+        scalars = self.step_scalars(state)
+        fused = fused_paths(type(self))
+        if fused.numba is not None and kernels.usable(p, g, self.lr):
+            fused.numba(self, p, g, state, scalars)
+        elif fused.cuda is not None and gpu_kernels.usable(p, g, self.lr):
+            fused.cuda(self, p, g, state, scalars)
+        else:
+            self._update_ufunc(p, g, state, scalars)
+
+    def step_scalars(self, state: dict):
+        """The scalars of step `state["step"]` that every path of the rule takes (`step_scalars`)."""
+        raise NotImplementedError
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -171,13 +185,12 @@ class SGD(Optimizer):
     def init(self, p) -> dict:
         return {"step": 0, "momentum_buffer": None}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        fused = _fused_kernels(p, g, self.lr)
-        if fused:
-            return fused.sgd(self, p, g, state)  # the same arithmetic in one fused pass
+    def step_scalars(self, state: dict) -> step_scalars.StepSize:
+        return step_scalars.StepSize(self.lr)
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.StepSize) -> None:
         xp = get_array_module(p)
-        decayed, work = _work(state, p, 2)
+        decayed, work = _scratch(state, p, 2)
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         if self.momentum != 0:
@@ -197,7 +210,7 @@ class SGD(Optimizer):
                 g = work
             else:
                 g = buf
-        xp.multiply(g, self.lr, out=work)
+        xp.multiply(g, scalars.lr, out=work)
         p -= work
 
 
@@ -233,20 +246,19 @@ class Adagrad(Optimizer):
         xp = get_array_module(p)
         return {"step": 0, "sum": xp.full_like(p, self.initial_accumulator_value)}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        if gpu_kernels.usable(p, g, self.lr):
-            return gpu_kernels.adagrad(self, p, g, state)  # the same arithmetic in one kernel
+    def step_scalars(self, state: dict) -> step_scalars.AdagradScalars:
+        return step_scalars.adagrad(self, state["step"])
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.AdagradScalars) -> None:
         xp = get_array_module(p)
-        decayed, std = _work(state, p, 2)
+        decayed, std = _scratch(state, p, 2)
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
-        clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
         xp.multiply(g, g, out=std)
         state["sum"] += std
         xp.sqrt(state["sum"], out=std)
         std += self.eps
-        xp.multiply(g, -clr, out=decayed)
+        xp.multiply(g, -scalars.clr, out=decayed)
         decayed /= std
         p += decayed
 
@@ -274,13 +286,12 @@ class RMSprop(Optimizer):
             state["grad_avg"] = xp.zeros_like(p)
         return state
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        fused = _fused_kernels(p, g, self.lr)
-        if fused:
-            return fused.rmsprop(self, p, g, state)  # the same arithmetic in one fused pass
+    def step_scalars(self, state: dict) -> step_scalars.StepSize:
+        return step_scalars.StepSize(self.lr)
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.StepSize) -> None:
         xp = get_array_module(p)
-        decayed, avg = _work(state, p, 2)
+        decayed, avg = _scratch(state, p, 2)
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         square_avg = state["square_avg"]
@@ -299,10 +310,10 @@ class RMSprop(Optimizer):
             buf *= self.momentum
             xp.divide(g, avg, out=decayed)
             buf += decayed
-            xp.multiply(buf, self.lr, out=decayed)
+            xp.multiply(buf, scalars.lr, out=decayed)
             p -= decayed
         else:
-            xp.multiply(g, -self.lr, out=decayed)
+            xp.multiply(g, -scalars.lr, out=decayed)
             decayed /= avg
             p += decayed
 
@@ -324,12 +335,12 @@ class Adadelta(Optimizer):
         xp = get_array_module(p)
         return {"step": 0, "square_avg": xp.zeros_like(p), "acc_delta": xp.zeros_like(p)}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        if gpu_kernels.usable(p, g, self.lr):
-            return gpu_kernels.adadelta(self, p, g, state)  # the same arithmetic in one kernel
+    def step_scalars(self, state: dict) -> step_scalars.StepSize:
+        return step_scalars.StepSize(self.lr)
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.StepSize) -> None:
         xp = get_array_module(p)
-        decayed, std, delta = _work(state, p, 3)
+        decayed, std, delta = _scratch(state, p, 3)
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
@@ -341,7 +352,7 @@ class Adadelta(Optimizer):
         delta /= std
         delta *= g
         _square_avg_(acc_delta, delta, self.rho, std)
-        xp.multiply(delta, self.lr, out=std)
+        xp.multiply(delta, scalars.lr, out=std)
         p -= std
 
 
@@ -367,34 +378,29 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = xp.zeros_like(p)
         return state
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        fused = _fused_kernels(p, g, self.lr)
-        if fused:
-            return fused.adam(self, p, g, state)  # the same arithmetic in one fused pass
+    def step_scalars(self, state: dict) -> step_scalars.AdamScalars:
+        return step_scalars.adam(self, state["step"])
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.AdamScalars) -> None:
         xp = get_array_module(p)
-        decayed, denom = _work(state, p, 2)
-        t = state["step"]
+        decayed, denom = _scratch(state, p, 2)
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
-                p *= 1 - self.lr * self.weight_decay
+                p *= scalars.decay_factor
             else:
                 g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, denom)
         _square_avg_(exp_avg_sq, g, self.beta2, denom)
-        step_size = self.lr / (1 - self.beta1**t)
-        # A Python float: np.sqrt would make it a float64 scalar and promote float32 arrays.
-        bias_correction2_sqrt = (1 - self.beta2**t) ** 0.5
         if self.amsgrad:
             xp.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
             second = state["max_exp_avg_sq"]
         else:
             second = exp_avg_sq
         xp.sqrt(second, out=denom)
-        denom /= bias_correction2_sqrt
+        denom /= scalars.bias_correction2_sqrt
         denom += self.eps
-        xp.multiply(exp_avg, -step_size, out=decayed)
+        xp.multiply(exp_avg, -scalars.step_size, out=decayed)
         decayed /= denom
         p += decayed
 
@@ -435,33 +441,29 @@ class NAdam(Optimizer):
         xp = get_array_module(p)
         return {"step": 0, "mu_product": 1.0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        if gpu_kernels.usable(p, g, self.lr):
-            return gpu_kernels.nadam(self, p, g, state)  # the same arithmetic in one kernel
+    def step_scalars(self, state: dict) -> step_scalars.NAdamScalars:
+        scalars = step_scalars.nadam(self, state["step"], state["mu_product"])
+        state["mu_product"] = scalars.mu_product  # called once per step, so the product advances once
+        return scalars
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.NAdamScalars) -> None:
         xp = get_array_module(p)
-        decayed, denom = _work(state, p, 2)
-        t = state["step"]
-        bias_correction2 = 1 - self.beta2**t
+        decayed, denom = _scratch(state, p, 2)
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
-                p *= 1 - self.lr * self.weight_decay
+                p *= scalars.decay_factor
             else:
                 g = _decayed(g, p, self.weight_decay, decayed)
-        mu = self.beta1 * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))
-        mu_next = self.beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * self.momentum_decay))
-        state["mu_product"] *= mu
-        mu_product = state["mu_product"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, denom)
         _square_avg_(exp_avg_sq, g, self.beta2, denom)
-        xp.divide(exp_avg_sq, bias_correction2, out=denom)
+        xp.divide(exp_avg_sq, scalars.bias_correction2, out=denom)
         xp.sqrt(denom, out=denom)
         denom += self.eps
-        xp.multiply(g, -self.lr * (1.0 - mu) / (1.0 - mu_product), out=decayed)
+        xp.multiply(g, scalars.grad_coef, out=decayed)
         decayed /= denom
         p += decayed
-        xp.multiply(exp_avg, (-self.lr * mu_next) / (1.0 - mu_product * mu_next), out=decayed)
+        xp.multiply(exp_avg, scalars.avg_coef, out=decayed)
         decayed /= denom
         p += decayed
 
@@ -487,35 +489,29 @@ class RAdam(Optimizer):
         xp = get_array_module(p)
         return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        if gpu_kernels.usable(p, g, self.lr):
-            return gpu_kernels.radam(self, p, g, state)  # the same arithmetic in one kernel
+    def step_scalars(self, state: dict) -> step_scalars.RAdamScalars:
+        return step_scalars.radam(self, state["step"])
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.RAdamScalars) -> None:
         xp = get_array_module(p)
-        decayed, step = _work(state, p, 2)
-        t = state["step"]
+        decayed, step = _scratch(state, p, 2)
         if self.weight_decay != 0:
             if self.decoupled_weight_decay:
-                p *= 1 - self.lr * self.weight_decay
+                p *= scalars.decay_factor
             else:
                 g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, step)
         _square_avg_(exp_avg_sq, g, self.beta2, step)
-        bias_correction1 = 1 - self.beta1**t
-        bias_correction2 = 1 - self.beta2**t
-        rho_inf = 2 / (1 - self.beta2) - 1
-        rho_t = rho_inf - 2 * t * self.beta2**t / bias_correction2
-        xp.divide(exp_avg, bias_correction1, out=step)  # the bias-corrected first moment
-        step *= self.lr
-        if rho_t > 5.0:
-            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        xp.divide(exp_avg, scalars.bias_correction1, out=step)  # the bias-corrected first moment
+        step *= scalars.lr
+        if scalars.rectified:
             adaptive_lr = decayed
             xp.sqrt(exp_avg_sq, out=adaptive_lr)
             adaptive_lr += self.eps
-            xp.divide(bias_correction2**0.5, adaptive_lr, out=adaptive_lr)
+            xp.divide(scalars.bias_correction2_sqrt, adaptive_lr, out=adaptive_lr)
             step *= adaptive_lr
-            step *= rect
+            step *= scalars.rect
         p -= step
 
 
@@ -534,12 +530,12 @@ class Adamax(Optimizer):
         xp = get_array_module(p)
         return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_inf": xp.zeros_like(p)}
 
-    def update(self, p, g, state: dict) -> None:
-        state["step"] += 1
-        if gpu_kernels.usable(p, g, self.lr):
-            return gpu_kernels.adamax(self, p, g, state)  # the same arithmetic in one kernel
+    def step_scalars(self, state: dict) -> step_scalars.AdamaxScalars:
+        return step_scalars.adamax(self, state["step"])
+
+    def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.AdamaxScalars) -> None:
         xp = get_array_module(p)
-        decayed, work = _work(state, p, 2)
+        decayed, work = _scratch(state, p, 2)
         if self.weight_decay != 0:
             g = _decayed(g, p, self.weight_decay, decayed)
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
@@ -548,8 +544,7 @@ class Adamax(Optimizer):
         xp.abs(g, out=work)
         work += self.eps
         xp.maximum(exp_inf, work, out=exp_inf)
-        clr = self.lr / (1 - self.beta1 ** state["step"])
-        xp.multiply(exp_avg, -clr, out=work)
+        xp.multiply(exp_avg, -scalars.clr, out=work)
         work /= exp_inf
         p += work
 
@@ -558,6 +553,34 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls
     for cls in (SGD, Momentum, Nesterov, Adagrad, RMSprop, Adadelta, Adam, AdamW, AMSGrad, NAdam, RAdam, Adamax)
 }
+
+
+class FusedPaths(NamedTuple):
+    """A family's one-pass kernels for a flat float buffer with a scalar lr; None: the ufunc rule."""
+
+    numba: Callable | None  # NumPy, on the CPU (`kernels`)
+    cuda: Callable | None  # CuPy, on the GPU (`gpu_kernels`)
+
+
+# Which optimizer has which path, the table `Optimizer.update` chooses from; a subclass takes its
+# family's row. On the CPU only the families the training loop uses most have a kernel: for the
+# others the ufunc passes are not the slow part of a step.
+FUSED: dict[type[Optimizer], FusedPaths] = {
+    SGD: FusedPaths(kernels.sgd, gpu_kernels.sgd),  # and Momentum, Nesterov
+    Adagrad: FusedPaths(None, gpu_kernels.adagrad),
+    RMSprop: FusedPaths(kernels.rmsprop, gpu_kernels.rmsprop),
+    Adadelta: FusedPaths(None, gpu_kernels.adadelta),
+    Adam: FusedPaths(kernels.adam, gpu_kernels.adam),  # and AdamW, AMSGrad
+    NAdam: FusedPaths(None, gpu_kernels.nadam),
+    RAdam: FusedPaths(None, gpu_kernels.radam),
+    Adamax: FusedPaths(None, gpu_kernels.adamax),
+}
+_UFUNC_ONLY = FusedPaths(None, None)
+
+
+def fused_paths(cls: type) -> FusedPaths:
+    """The fused kernels of an optimizer class: its family's row of `FUSED`, or none."""
+    return next((FUSED[family] for family in cls.__mro__ if family in FUSED), _UFUNC_ONLY)
 
 
 def optimizer_class(spec: str) -> type:

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import animation, colors  # noqa: E402
 
+from optbench import spread  # noqa: E402
 from optbench.results import atomic_path  # noqa: E402
 from optbench.surfaces import Surface  # noqa: E402
 
@@ -138,8 +139,41 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
     return Path(path)
 
 
-def _series_label(optimizer: str, device: str, devices: set) -> str:
-    return f"{optimizer} ({device})" if len(devices) > 1 else optimizer
+SERIES = ["optimizer", "lr", "device"]
+BAND_ALPHA = 0.2
+
+
+def _members(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with lr and seed columns: runs written before populations have one lr per
+    optimizer and one seed, so a missing lr is one (NaN) lr and a missing seed is seed 0."""
+    fill = {name: value for name, value in (("lr", np.nan), ("seed", 0)) if name not in frame.columns}
+    return frame.assign(**fill) if fill else frame
+
+
+class _Series:
+    """Colour, line style and legend label of each (optimizer, lr, device) of a frame."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.several_lrs = bool((frame.groupby("optimizer")["lr"].nunique() > 1).any())
+        self.several_devices = frame["device"].nunique() > 1
+        # One colour per (optimizer, lr): with one lr per optimizer this is one per optimizer, as before.
+        pairs = dict.fromkeys(zip(frame["optimizer"], frame["lr"].map(_lr_key)))
+        self.palette = optimizer_colors(pairs)
+
+    def style(self, optimizer, lr, device) -> dict:
+        return {"color": self.palette[(optimizer, _lr_key(lr))], "linestyle": "-" if device == "cpu" else "--",
+                "label": spread.series_label(optimizer, lr, device, several_lrs=self.several_lrs,
+                                             several_devices=self.several_devices)}
+
+
+def _lr_key(lr):
+    # NaN != NaN, so a missing lr would never find its own colour.
+    return None if pd.isna(lr) else lr
+
+
+def _series(frame: pd.DataFrame):
+    """(optimizer, lr, device), its rows, in the frame's order."""
+    return frame.groupby(SERIES, sort=False, dropna=False)
 
 
 def _save(fig, path: Path) -> Path:
@@ -149,60 +183,95 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
+def _draw(ax, df: pd.DataFrame, x: str, y: str, style: dict, **line) -> None:
+    """One seed: its line. Several: the median over seeds and a shaded band (spread.band)."""
+    if df["seed"].nunique() <= 1:
+        df = df.sort_values(x)
+        ax.plot(df[x], df[y], **style, **line)
+        return
+    b = spread.band(df, x, y, [])
+    ax.plot(b[x], b["median"], **style, **line)
+    ax.fill_between(b[x], b["lo"], b["hi"], color=style["color"], alpha=BAND_ALPHA, linewidth=0)
+
+
+def _band_note(frame: pd.DataFrame) -> str:
+    seeds = frame.groupby(SERIES, sort=False, dropna=False)["seed"].nunique()
+    if seeds.max() <= 1:
+        return ""
+    spread_name = "interquartile range" if seeds.min() >= spread.IQR_FROM_SEEDS else "min–max"
+    if seeds.min() < spread.IQR_FROM_SEEDS <= seeds.max():
+        spread_name = f"min–max below {spread.IQR_FROM_SEEDS} seeds, else interquartile range"
+    return f"\nmedian over seeds, band: {spread_name}"
+
+
 def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
-    """Train loss per iteration, smoothed by a running mean, one line per optimizer (and device)."""
+    """Train loss per iteration, smoothed by a running mean, one line per optimizer (lr, device);
+    with several seeds the median of the smoothed curves and a band."""
+    curves = _members(curves)
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    devices = set(curves["device"])
-    palette = optimizer_colors(dict.fromkeys(curves["optimizer"]))
-    for (optimizer, device), df in curves.groupby(["optimizer", "device"], sort=False):
-        df = df.sort_values("iteration")
-        window = max(1, len(df) // 60)
-        smooth = df["train_loss"].rolling(window, min_periods=1).mean()
-        ax.plot(df["iteration"], smooth, color=palette[optimizer], linestyle="-" if device == "cpu" else "--",
-                linewidth=1.4, label=_series_label(optimizer, device, devices))
+    series = _Series(curves)
+    for (optimizer, lr, device), df in _series(curves):
+        # Smooth each seed first: the band then shows seed-to-seed spread, not batch noise.
+        smoothed = []
+        for _, member in df.groupby("seed", sort=False):
+            member = member.sort_values("iteration")
+            window = max(1, len(member) // 60)
+            smoothed.append(member.assign(train_loss=member["train_loss"].rolling(window, min_periods=1).mean()))
+        _draw(ax, pd.concat(smoothed), "iteration", "train_loss", series.style(optimizer, lr, device), linewidth=1.4)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("train loss (running mean)")
-    ax.set_title("Training loss")
+    ax.set_title("Training loss" + _band_note(curves))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
 def save_accuracy(epochs: pd.DataFrame, path: Path) -> Path:
-    """Test accuracy at each evaluation, one line per optimizer (and device)."""
+    """Test accuracy at each evaluation, one line per optimizer (lr, device); with several seeds
+    the median and a band."""
+    epochs = _members(epochs).assign(test_acc_percent=lambda f: 100 * f["test_acc"])
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    devices = set(epochs["device"])
-    palette = optimizer_colors(dict.fromkeys(epochs["optimizer"]))
-    groups = list(epochs.groupby(["optimizer", "device"], sort=False))
+    series = _Series(epochs)
+    members = epochs.groupby([*SERIES, "seed"], sort=False, dropna=False)
     # One evaluation per epoch: plot against epochs; with --eval-every, against iterations.
-    x = "epoch" if all(df["epoch"].is_unique for _, df in groups) else "iteration"
-    for (optimizer, device), df in groups:
-        df = df.sort_values("iteration")
-        ax.plot(df[x], 100 * df["test_acc"], marker="o", markersize=4,
-                color=palette[optimizer], linestyle="-" if device == "cpu" else "--",
-                label=_series_label(optimizer, device, devices))
+    x = "epoch" if all(df["epoch"].is_unique for _, df in members) else "iteration"
+    for (optimizer, lr, device), df in _series(epochs):
+        _draw(ax, df, x, "test_acc_percent", series.style(optimizer, lr, device), marker="o", markersize=4)
     ax.set_xlabel(x)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy")
+    ax.set_title("Test accuracy" + _band_note(epochs))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
 def save_epoch_times(summary: pd.DataFrame, path: Path) -> Path:
-    """Seconds per epoch of training steps, per optimizer, one bar per device."""
+    """Seconds per epoch of training steps, one bar per optimizer (lr) and device: the mean over
+    seeds, with a min–max error bar when there are several."""
+    summary = _members(summary)
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
-    optimizers = list(dict.fromkeys(summary["optimizer"]))
-    devices = sorted(set(summary["device"]))
+    series = _Series(summary)
+    times = (summary.groupby(SERIES, sort=False, dropna=False)["mean_epoch_seconds"]
+             .agg(["mean", "min", "max", "count"]).reset_index())
+    # One tick per (optimizer, lr); the devices sit side by side on it.
+    ticks = list(dict.fromkeys(zip(times["optimizer"], times["lr"].map(_lr_key))))
+    devices = sorted(set(times["device"]))
     width = 0.8 / len(devices)
     for k, device in enumerate(devices):
-        per = summary[summary["device"] == device].set_index("optimizer")["mean_epoch_seconds"]
-        values = [per.get(o, np.nan) for o in optimizers]
-        ax.bar(np.arange(len(optimizers)) + (k - (len(devices) - 1) / 2) * width, values, width, label=device)
-    ax.set_xticks(np.arange(len(optimizers)), optimizers, rotation=30, ha="right")
+        rows = times[times["device"] == device]
+        x = np.array([ticks.index((o, _lr_key(lr))) for o, lr in zip(rows["optimizer"], rows["lr"])])
+        x = x + (k - (len(devices) - 1) / 2) * width
+        ax.bar(x, rows["mean"], width, label=device)
+        several = (rows["count"] > 1).to_numpy()
+        if several.any():
+            mean, low, high = (rows[c].to_numpy()[several] for c in ("mean", "min", "max"))
+            ax.errorbar(x[several], mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black",
+                        elinewidth=1, capsize=3)
+    names = [spread.series_label(o, lr, "", several_lrs=series.several_lrs, several_devices=False) for o, lr in ticks]
+    ax.set_xticks(np.arange(len(ticks)), names, rotation=30, ha="right")
     ax.set_ylabel("seconds per epoch (training steps only)")
-    ax.set_title("Time per epoch")
+    ax.set_title("Time per epoch" + ("\nmean over seeds, bars: min–max" if (times["count"] > 1).any() else ""))
     if len(devices) > 1:
         ax.set_yscale("log")
     ax.legend(title="device", frameon=False)

@@ -101,7 +101,7 @@ def load_suite(path: Path) -> Suite:
     settings = {k: v for k, v in data.items() if k not in ("kind", "tolerance", "name")}
     suite = Suite(path, data.get("name", path.stem), kind, settings, tolerances)
     if kind == "mnist":
-        _mnist_config(suite).check()
+        _mnist_experiment(suite).check()
     return suite
 
 
@@ -173,52 +173,50 @@ def run_surface_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
 def run_mnist_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
     """Metrics per optimizer: train loss at the listed iterations and the final test accuracy.
 
-    `nudge` = k moves every initial weight by a random ±1 ulp (seed k): the size of change
-    that a different BLAS summation order causes.
+    Every optimizer of the suite trains in one population (`experiment`). `nudge` = k moves
+    every initial weight by a random ±1 ulp (seed k): the size of change that a different BLAS
+    summation order causes.
     """
-    from optbench.backend import select_device
-    from optbench.mnist_bench import build_network, default_mnist_lr, load_data
-    from optbench.optimizers import instantiate
-    from optbench.training import train
-
     s = suite.settings
-    config = _mnist_config(suite)
-    checkpoints = [int(i) for i in s.get("check_iterations", [config.iterations])]
-    device = select_device("cpu")
-    data = load_data(config, s.get("data_dir"), device)
+    plan = _mnist_experiment(suite)
+    checkpoints = [int(i) for i in s.get("check_iterations", [plan.problem.iterations])]
+
+    def nudged(pop) -> None:
+        signs = np.random.default_rng(nudge).choice([-1.0, 1.0], pop.rows.shape[1]).astype(np.float32)
+        pop.rows[...] = np.nextafter(pop.rows, pop.rows + signs * np.float32(np.inf))
+
+    result = plan.run(adjust_weights=nudged if nudge is not None else None)
     rows = []
-    for label, cls in _optimizers(s):
-        net = build_network(config, device)
-        if nudge is not None:
-            signs = np.random.default_rng(nudge).choice([-1.0, 1.0], net.params.size).astype(np.float32)
-            net.params[...] = np.nextafter(net.params, net.params + signs * np.float32(np.inf))
-        lr = s.get("lr", "default")
-        optimizer = instantiate(cls, lr=default_mnist_lr(label, cls) if lr in ("default", "table") else float(lr))
-        log = train(net, optimizer, *data, iterations=config.iterations, eval_every=config.iterations,
-                    batch_size=config.batch_size, seed=config.seed)
-        losses = np.array([r["train_loss"] for r in log.iterations])
+    for label in dict.fromkeys(result.summary["optimizer"]):
+        losses = result.curves.loc[result.curves["optimizer"] == label, "train_loss"].to_numpy()
+        member = result.summary.set_index("optimizer").loc[label]
         for it in checkpoints:
             # The mean over the LOSS_WINDOW iterations up to `it`: one batch's loss is mostly
             # the luck of that batch.
             window = losses[max(0, it - LOSS_WINDOW) : it]
             rows.append((label, f"train_loss@{it}", float(window.mean()) if len(losses) >= it else math.nan))
-        rows.append((label, "final_test_acc", log.evaluations[-1]["test_acc"] if log.evaluations else math.nan))
-        rows.append((label, "diverged", float(log.diverged)))
+        rows.append((label, "final_test_acc", float(member["final_test_acc"])))
+        rows.append((label, "diverged", float(member["diverged"])))
     return pd.DataFrame(rows, columns=["case", "metric", "value"])
 
 
-def _mnist_config(suite: Suite):
-    from optbench.mnist_bench import MnistConfig
+def _mnist_experiment(suite: Suite):
+    from optbench.experiment import Experiment, MnistProblem
 
     s = suite.settings
-    config = MnistConfig(
+    iterations = int(s.get("iterations", 1))
+    problem = MnistProblem(
         dataset=s.get("dataset", "mnist"), hidden=tuple(s.get("hidden", (100, 100))), batch_size=int(s.get("batch_size", 128)),
-        iterations=int(s.get("iterations", 1)), seed=int(s.get("seed", 0)), train_size=s.get("train_size"), test_size=s.get("test_size"),
+        iterations=iterations, eval_every=iterations, train_size=s.get("train_size"), test_size=s.get("test_size"),
+        data_dir=s.get("data_dir"),
     )
-    late = [i for i in s.get("check_iterations", []) if i > config.iterations]
+    late = [i for i in s.get("check_iterations", []) if i > iterations]
     if late:
-        raise OptbenchError(f"suite {suite.path}: check_iterations {late[0]} is past iterations {config.iterations}")
-    return config
+        raise OptbenchError(f"suite {suite.path}: check_iterations {late[0]} is past iterations {iterations}")
+    names = s.get("optimizers", "all")
+    lr = s.get("lr", "default")
+    return Experiment(optimizers=[names] if isinstance(names, str) else list(names), problem=problem,
+                      lrs=[] if lr in ("default", "table") else [float(lr)], seed=int(s.get("seed", 0)))
 
 
 RUNNERS: dict[str, Callable[[Suite, int | None], pd.DataFrame]] = {"surface": run_surface_suite, "mnist": run_mnist_suite}

@@ -70,23 +70,76 @@ def surfaces_table() -> Table:
 
 
 def mnist_summary(summary: pd.DataFrame, title: str) -> Table:
-    """Best test accuracy first, with the time columns; diverged or interrupted rows marked."""
+    """One row per member, best test accuracy first, with the time columns; diverged or
+    interrupted rows marked. A device column when there are several, a seed column likewise."""
     several_devices = summary["device"].nunique() > 1
+    several_seeds = "seed" in summary.columns and summary["seed"].nunique() > 1
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("optimizer", style="bold", no_wrap=True)
-    names = (["device"] if several_devices else []) + ["lr", "epochs", "best %", "final %", "loss", "s/epoch", "samples/s"]
+    names = (["device"] if several_devices else []) + ["lr"] + (["seed"] if several_seeds else []) + [
+        "epochs", "best %", "final %", "loss", "s/epoch", "samples/s"]
     for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     for rank, row in enumerate(summary.itertuples(), start=1):
         status = getattr(row, "status", "finished")
-        label = escape(row.optimizer if status == "finished" else f"{row.optimizer} ({status})")
-        table.add_row(
-            str(rank), label, *([row.device] if several_devices else []), _number(row.lr, 3), _number(row.epochs, 3),
-            _percent(row.best_test_acc), _percent(row.final_test_acc), _number(row.final_train_loss, 3),
-            _number(row.mean_epoch_seconds, 3), _thousands(row.samples_per_s),
-            style="red" if row.diverged else ("yellow" if status == "interrupted" else None),
-        )
+        label = row.optimizer if status == "finished" else f"{row.optimizer} ({status})"
+        cells = [label, *([row.device] if several_devices else []), _number(row.lr, 3),
+                 *([_number(row.seed)] if several_seeds else []), _number(row.epochs, 3),
+                 _percent(row.best_test_acc), _percent(row.final_test_acc), _number(row.final_train_loss, 3),
+                 _number(row.mean_epoch_seconds, 3), _thousands(row.samples_per_s)]
+        table.add_row(str(rank), *map(escape, map(str, cells)),
+                      style="red" if row.diverged else ("yellow" if status == "interrupted" else None))
+    return table
+
+
+def _spread(mean, std, seeds: int, show) -> str:
+    """'97.51 ± 0.12' over several seeds, the plain value for one (or when only one was finite)."""
+    if seeds > 1 and not pd.isna(mean) and not pd.isna(std):
+        return f"{show(mean)} ± {show(std)}"
+    return show(mean)
+
+
+def mnist_aggregate(aggregate: pd.DataFrame, title: str) -> Table:
+    """One row per (optimizer, lr, device) of aggregate.csv, in its order (best first): mean ± std
+    over seeds. Red when every seed diverged, yellow when some did not finish."""
+    several_devices = aggregate["device"].nunique() > 1
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    names = (["device"] if several_devices else []) + ["lr", "seeds", "best %", "final %", "loss", "s/epoch"]
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for rank, row in enumerate(aggregate.itertuples(), start=1):
+        seeds = int(row.seeds)
+        cells = [
+            row.optimizer, *([row.device] if several_devices else []), _number(row.lr, 3), str(seeds),
+            _spread(row.best_test_acc_mean, row.best_test_acc_std, seeds, _percent),
+            _spread(row.final_test_acc_mean, row.final_test_acc_std, seeds, _percent),
+            _spread(row.final_train_loss_mean, row.final_train_loss_std, seeds, lambda v: _number(v, 3)),
+            _number(row.mean_epoch_seconds, 3), row.status,
+        ]
+        style = "red" if row.diverged >= seeds else ("yellow" if row.status != "finished" else None)
+        table.add_row(str(rank), *map(escape, map(str, cells)), style=style)
+    return table
+
+
+def tuning_table(tuning: pd.DataFrame, title: str) -> Table:
+    """Per optimizer: the lr chosen on the validation split, its validation accuracy (mean over
+    seeds), and how many lrs of the grid diverged (on any seed)."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    for name in ("chosen lr", "best val %", "final val %", "diverged lrs"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for optimizer, group in tuning.groupby("optimizer", sort=False):
+        chosen = group[group["chosen"].astype(bool)]
+        grid = group.groupby("lr")["diverged"].agg(lambda d: d.astype(bool).any())
+        lr = _number(float(chosen["lr"].iloc[0]), 3) if len(chosen) else "—"
+        cells = [optimizer, lr, _percent(chosen["best_val_acc"].mean()), _percent(chosen["final_val_acc"].mean()),
+                 f"{int(grid.sum())} of {len(grid)}"]
+        # No chosen lr: every lr of the grid diverged.
+        table.add_row(*map(escape, map(str, cells)), style=None if len(chosen) else "red")
     return table
 
 

@@ -1,5 +1,7 @@
 """The settings the fused-kernel tests run: every branch of every fused kernel (CPU and GPU)."""
 
+from optbench.optimizers import OPTIMIZERS, fused_paths
+
 SETTINGS = [
     ("sgd", {}), ("sgd", {"weight_decay": 0.01}), ("momentum", {}), ("momentum", {"dampening": 0.3, "weight_decay": 0.1}),
     ("nesterov", {}), ("nesterov", {"momentum": 0.5, "weight_decay": 0.02}),
@@ -15,6 +17,6 @@ SETTINGS = [
     ("adamax", {}), ("adamax", {"weight_decay": 0.1, "beta1": 0.3}),
 ]
 
-# The optimizers with a fused Numba kernel on the CPU.
-CPU_FUSED = {"sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop"}
+# The optimizers with a fused Numba kernel on the CPU, from the table the dispatcher reads.
+CPU_FUSED = {name for name, cls in OPTIMIZERS.items() if fused_paths(cls).numba is not None}
 CPU_SETTINGS = [(name, hparams) for name, hparams in SETTINGS if name in CPU_FUSED]

@@ -57,7 +57,7 @@ def test_fused_gpu_kernel_equals_the_numpy_ufunc_rule_bitwise(name, hparams, dty
         opt.update(plain_p, g, plain_state)
         opt.update(fused_p, g_gpu, fused_state)
         np.testing.assert_array_equal(cupy.asnumpy(fused_p), plain_p[0], err_msg=f"step {step + 1}")
-    assert "work" not in fused_state  # the fused path needs no work arrays
+    assert "scratch" not in fused_state  # the fused path needs no work arrays
 
 
 @pytest.mark.skipif(os.environ.get("CUPY_TF32", "0") != "0", reason="CUPY_TF32 rounds matrix products to 10-bit mantissas")

@@ -2,7 +2,7 @@
 
 No GPU is needed: every kernel body is also valid C++, so it is compiled here for the host, in
 a loop shaped like CuPy's elementwise loop, and run on the same plans (kernel variant, arrays,
-scalars) that the GPU launch uses. Where nvcc exists, the kernels are also compiled for the H100
+scalars) that the GPU launch uses, from the step's scalars that `Optimizer.update` computes. Where nvcc exists, the kernels are also compiled for the H100
 and the PTX is read for the rounding the bitwise agreement needs. The real launch through CuPy is
 tested on a GPU in test_gpu.py.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from optbench import gpu_kernels
 from optbench.gpu_kernels import VARIANTS, FusedUpdate
-from optbench.optimizers import make_optimizer
+from optbench.optimizers import OPTIMIZERS, fused_paths, make_optimizer
 
 from fused_settings import SETTINGS
 
@@ -30,6 +30,12 @@ PLANS = {"sgd": gpu_kernels.plan_sgd, "momentum": gpu_kernels.plan_sgd, "nestero
          "adam": gpu_kernels.plan_adam, "adamw": gpu_kernels.plan_adam, "amsgrad": gpu_kernels.plan_adam,
          "rmsprop": gpu_kernels.plan_rmsprop, "adagrad": gpu_kernels.plan_adagrad, "adadelta": gpu_kernels.plan_adadelta,
          "nadam": gpu_kernels.plan_nadam, "radam": gpu_kernels.plan_radam, "adamax": gpu_kernels.plan_adamax}
+
+
+def plan_step(name, opt, p, g, state):
+    """Count a step and plan its kernel, as `Optimizer.update` does before launching it."""
+    state["step"] += 1
+    return PLANS[name](opt, p, g, state, opt.step_scalars(state))
 
 
 def host_function_name(fused: FusedUpdate, ctype: str) -> str:
@@ -103,15 +109,17 @@ def test_kernel_body_equals_the_ufunc_rule_bitwise(host_library, name, hparams, 
     for step in range(30):
         # Gradients that shrink and change sign, so AMSGrad's maximum and lerp both matter.
         g = (rng.standard_normal(10_001) * 0.9**step).astype(dtype)
-        fused_state["step"] += 1
-        fused, arrays, scalars = PLANS[name](opt, fused_p, g, fused_state)
+        fused, arrays, scalars = plan_step(name, opt, fused_p, g, fused_state)
         assert fused in VARIANTS
         run_on_host(host_library, fused, arrays, scalars)
         opt.update(plain_p, g.reshape(1, -1), plain_state)
         np.testing.assert_array_equal(fused_p, plain_p[0], err_msg=f"step {step + 1}")
+    assert set(plain_state) - set(fused_state) == {"scratch"}  # the kernel needs no work arrays
     for key, value in plain_state.items():
-        if key != "work" and isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray):
             np.testing.assert_array_equal(fused_state[key], value[0], err_msg=key)
+        elif key != "scratch":
+            assert fused_state[key] == value, key  # the step count, NAdam's mu product
 
 
 @pytest.mark.parametrize("name, state_key", [("amsgrad", "max_exp_avg_sq"), ("adamax", "exp_inf")])
@@ -122,8 +130,7 @@ def test_nan_propagates_like_numpy_maximum(host_library, name, state_key):
     fused_state, plain_state = opt.init(fused_p), opt.init(plain_p)
     for g in ([0.1, np.nan, 0.3], [0.2, 0.1, np.nan]):
         g = np.array(g)
-        fused_state["step"] += 1
-        run_on_host(host_library, *PLANS[name](opt, fused_p, g, fused_state))
+        run_on_host(host_library, *plan_step(name, opt, fused_p, g, fused_state))
         opt.update(plain_p, g.reshape(1, -1), plain_state)
     assert np.isnan(fused_state[state_key]).sum() == 2
     np.testing.assert_array_equal(fused_p, plain_p[0])
@@ -131,9 +138,8 @@ def test_nan_propagates_like_numpy_maximum(host_library, name, state_key):
 
 
 def test_every_optimizer_has_a_gpu_kernel():
-    from optbench.optimizers import OPTIMIZERS
-
     assert set(PLANS) == set(OPTIMIZERS)
+    assert all(fused_paths(cls).cuda is not None for cls in OPTIMIZERS.values())
 
 
 def test_every_variant_is_reachable_from_a_setting():
@@ -141,9 +147,7 @@ def test_every_variant_is_reachable_from_a_setting():
     for name, hparams in SETTINGS:
         opt = make_optimizer(name, lr=0.01, **hparams)
         p = np.zeros(3, dtype=np.float32)
-        state = opt.init(p)
-        state["step"] = 1
-        reached.add(PLANS[name](opt, p, p.copy(), state)[0])
+        reached.add(plan_step(name, opt, p, p.copy(), opt.init(p))[0])
     assert reached == set(VARIANTS)
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from optbench import kernels
-from optbench.optimizers import make_optimizer
+from optbench.optimizers import OPTIMIZERS, Adam, fused_paths, make_optimizer
 
-from fused_settings import CPU_SETTINGS
+from fused_settings import CPU_FUSED, CPU_SETTINGS
 
 pytestmark = pytest.mark.skipif(kernels.njit is None, reason="numba is not installed: the ufunc path serves alone")
 
@@ -29,6 +29,36 @@ def test_fused_kernel_equals_the_ufunc_rule_bitwise(name, hparams, dtype):
         opt.update(plain_p, g.reshape(1, -1), plain_state)
         np.testing.assert_array_equal(fused_p, plain_p[0])
     assert fused_p.dtype == dtype
+    # The dispatcher chose the kernel for the flat buffer: only the ufunc rule made scratch arrays.
+    assert "scratch" not in fused_state and "scratch" in plain_state
+
+
+def test_every_cpu_kernel_has_settings():
+    assert {name for name, _ in CPU_SETTINGS} == CPU_FUSED and CPU_FUSED < set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - CPU_FUSED))
+def test_a_rule_without_a_cpu_kernel_takes_the_ufunc_path(name):
+    opt = make_optimizer(name, lr=0.01)
+    p = np.ones(5)
+    state = opt.init(p)
+    opt.update(p, np.full(5, 0.5), state)
+    assert "scratch" in state and state["step"] == 1
+
+
+def test_a_subclass_takes_its_family_kernels():
+    class Tuned(Adam):
+        name = "tuned"
+
+    assert fused_paths(Tuned) is fused_paths(Adam) and fused_paths(Adam).numba is kernels.adam
+    opt, reference = Tuned(lr=0.01), Adam(lr=0.01)
+    p, q = np.ones(5), np.ones(5)
+    state, reference_state = opt.init(p), reference.init(q)
+    g = np.linspace(-1.0, 1.0, 5)
+    opt.update(p, g, state)
+    reference.update(q, g, reference_state)
+    np.testing.assert_array_equal(p, q)
+    assert "scratch" not in state
 
 
 def test_nan_propagates_like_numpy_maximum():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from optbench import datasets, mnist_bench
+from optbench import datasets, experiment
 from optbench.backend import gpu_available
 from optbench.cli import app
 from optbench.errors import OptbenchError
@@ -39,9 +39,10 @@ def test_mnist_writes_every_file(tmp_path, mnist_available):
     curves = pd.read_csv(folder / "curves.csv")
     epochs = pd.read_csv(folder / "epochs.csv")
     summary = pd.read_csv(folder / "summary.csv")
-    assert list(curves.columns) == mnist_bench.CURVE_COLUMNS
-    assert list(epochs.columns) == mnist_bench.EPOCH_COLUMNS
-    assert list(summary.columns) == mnist_bench.SUMMARY_COLUMNS
+    assert list(curves.columns) == experiment.CURVE_COLUMNS
+    assert list(epochs.columns) == experiment.EPOCH_COLUMNS
+    assert list(summary.columns) == experiment.SUMMARY_COLUMNS
+    assert (folder / "aggregate.csv").exists() and not (folder / "tuning.csv").exists()
     # 3000 / 100 = 30 steps per epoch, 2 epochs, logged every iteration for both optimizers.
     assert curves.groupby("optimizer")["iteration"].agg(list).map(lambda it: it == list(range(1, 61))).all()
     assert sorted(epochs[epochs["optimizer"] == "adam"]["epoch"]) == [1, 2]
@@ -80,14 +81,21 @@ def test_eval_every_and_report_redraws_from_saved_csvs(tmp_path, mnist_available
     assert (tmp_path / "mnist" / "a" / "accuracy.png").exists()
 
 
-def test_report_combines_cpu_and_gpu_runs(tmp_path):
-    # Two saved runs, written by hand as a CPU and a GPU run would be.
+# The columns of run folders written before populations (no lr, seed or validation columns).
+OLD_CURVES = ["optimizer", "device", "epoch", "iteration", "train_loss"]
+OLD_EPOCHS = ["optimizer", "device", "epoch", "train_loss", "test_loss", "test_acc", "epoch_seconds", "samples_per_s", "iteration"]
+OLD_SUMMARY = ["optimizer", "device", "lr", "epochs", "final_test_acc", "best_test_acc", "final_train_loss",
+               "mean_epoch_seconds", "samples_per_s", "diverged", "status"]
+
+
+def test_report_combines_cpu_and_gpu_runs_written_before_populations(tmp_path):
+    # Two saved runs, written by hand as a CPU and a GPU run of the old layout were.
     for device, rate in (("cpu", 1000.0), ("gpu", 8000.0)):
         folder = tmp_path / device
         folder.mkdir()
-        pd.DataFrame([[o, device, 1, i, 1.0 / i] for o in ("adam", "sgd") for i in (1, 2)], columns=mnist_bench.CURVE_COLUMNS).to_csv(folder / "curves.csv", index=False)
-        pd.DataFrame([[o, device, 1, 0.5, 0.4, 0.9, 60000 / rate, rate, 2] for o in ("adam", "sgd")], columns=mnist_bench.EPOCH_COLUMNS).to_csv(folder / "epochs.csv", index=False)
-        pd.DataFrame([[o, device, 0.001, 1, 0.9, 0.9, 0.5, 60000 / rate, rate, False, "finished"] for o in ("adam", "sgd")], columns=mnist_bench.SUMMARY_COLUMNS).to_csv(folder / "summary.csv", index=False)
+        pd.DataFrame([[o, device, 1, i, 1.0 / i] for o in ("adam", "sgd") for i in (1, 2)], columns=OLD_CURVES).to_csv(folder / "curves.csv", index=False)
+        pd.DataFrame([[o, device, 1, 0.5, 0.4, 0.9, 60000 / rate, rate, 2] for o in ("adam", "sgd")], columns=OLD_EPOCHS).to_csv(folder / "epochs.csv", index=False)
+        pd.DataFrame([[o, device, 0.001, 1, 0.9, 0.9, 0.5, 60000 / rate, rate, False, "finished"] for o in ("adam", "sgd")], columns=OLD_SUMMARY).to_csv(folder / "summary.csv", index=False)
     result = invoke("report", tmp_path / "cpu", tmp_path / "gpu", "--out", tmp_path / "both")
     assert result.exit_code == 0, result.output
     assert "CPU vs GPU" in result.output and "8.00×" in result.output
@@ -132,9 +140,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
 
 
 def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch):
-    import optbench.training as training
-
-    real_train = training.train
+    real_train = experiment.train_population
 
     def train_then_ctrl_c(*args, **kwargs):
         step = kwargs["on_step"]
@@ -146,32 +152,35 @@ def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch
 
         return real_train(*args, **{**kwargs, "on_step": interrupting})
 
-    monkeypatch.setattr(mnist_bench, "train", train_then_ctrl_c)
+    monkeypatch.setattr(experiment, "train_population", train_then_ctrl_c)
     result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--out", tmp_path, "--name", "cut", "--no-plot")
     assert result.exit_code == 130
     folder = tmp_path / "mnist" / "cut"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     summary = pd.read_csv(folder / "summary.csv")
-    assert summary["optimizer"].tolist() == ["adam"] and summary["status"].tolist() == ["interrupted"]
-    assert len(pd.read_csv(folder / "curves.csv")) == 12
+    # One population: both members stop at the same step, each marked interrupted.
+    assert sorted(summary["optimizer"]) == ["adam", "sgd"] and set(summary["status"]) == {"interrupted"}
+    assert pd.read_csv(folder / "curves.csv").groupby("optimizer").size().tolist() == [12, 12]
 
 
-def test_interrupt_between_optimizers_is_marked_too(tmp_path, mnist_available, monkeypatch):
-    real_build = mnist_bench.build_network
+def test_interrupt_between_populations_is_marked_too(tmp_path, mnist_available, monkeypatch):
+    real_population = experiment.Population
     calls = []
 
     def build_then_ctrl_c(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # while the second optimizer's network is being built
+        if len(calls) == 2:  # while the second population is being built
             raise KeyboardInterrupt
-        return real_build(*args, **kwargs)
+        return real_population(*args, **kwargs)
 
-    monkeypatch.setattr(mnist_bench, "build_network", build_then_ctrl_c)
-    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--iterations", "10", "--out", tmp_path, "--name", "cut2", "--no-plot")
+    monkeypatch.setattr(experiment, "Population", build_then_ctrl_c)
+    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", "--max-population", "1", *SMALL, "--iterations", "10",
+                    "--out", tmp_path, "--name", "cut2", "--no-plot")
     assert result.exit_code == 130 and "interrupted" in result.output
     folder = tmp_path / "mnist" / "cut2"
-    assert json.loads((folder / "manifest.json").read_text())["status"] == "interrupted"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["populations"][0]["members"] == 1
     assert pd.read_csv(folder / "summary.csv")["optimizer"].tolist() == ["adam"]
 
 

@@ -536,6 +536,23 @@ def test_update_changes_p_in_place_and_zero_gradient_keeps_state_finite(name):
     assert np.all(np.isfinite(q))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_state_is_its_torch_entries_and_scratch_is_kept_apart(name):
+    p = POINTS.copy()
+    opt = make_optimizer(name)
+    state = opt.init(p)
+    entries = set(state)
+    opt.update(p, POINTS_G.copy(), state)
+    after_first = {key: value for key, value in state.items() if isinstance(value, (np.ndarray, list))}
+    opt.update(p, POINTS_G.copy(), state)
+    assert "step" in entries and state["step"] == 2
+    assert set(state) == entries | {"scratch"}  # an update adds nothing else
+    assert all(a.shape == p.shape for a in state["scratch"])
+    # After the first step every array is reused in place: an update allocates nothing.
+    assert all(state[key] is value for key, value in after_first.items())
+    assert all(a is b for a, b in zip(state["scratch"], after_first["scratch"]))
+
+
 # ==================================================================================================
 # float32 stays float32
 # ==================================================================================================

@@ -1,0 +1,137 @@
+"""Run folders of `optbench mnist`: written atomically, read back (old layouts included), compared.
+
+Knows nothing of the terminal. A folder holds curves.csv, epochs.csv, summary.csv (one row per
+member), aggregate.csv (one row per optimizer and lr, over seeds), tuning.csv with --tune,
+manifest.json and the plots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optbench import results, spread
+from optbench.errors import OptbenchError
+from optbench.experiment import CURVE_COLUMNS, EPOCH_COLUMNS, SUMMARY_COLUMNS, Results, sort_summary
+
+# Columns a folder written before populations may lack; what they mean there.
+_OLD_SUMMARY = ("lr", "seed", "final_val_acc", "best_val_acc", "status")
+
+
+def default_run_name(dataset: str, device: str) -> str:
+    return f"{dataset}-{device}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]:
+    """Write (or rewrite, as populations finish) every file of a run folder, each atomically;
+    the manifest last, so that it never names files that are not there yet."""
+    folder = results.prepare_dir(folder)
+    written = [
+        results.write_csv(result.curves, folder / "curves.csv"),
+        results.write_csv(result.epochs, folder / "epochs.csv"),
+        results.write_csv(result.summary, folder / "summary.csv"),
+        results.write_csv(result.aggregate, folder / "aggregate.csv"),
+    ]
+    if result.tuning is not None:
+        written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
+    written.append(results.write_json(result.manifest, folder / "manifest.json"))
+    if plot and len(result.summary):
+        written += draw_run_plots(folder, result.curves, result.epochs, result.summary)
+    return written
+
+
+def draw_run_plots(folder: Path, curves: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
+    from optbench import plots
+
+    return [
+        plots.save_loss_curves(curves, folder / "loss.png"),
+        plots.save_accuracy(epochs, folder / "accuracy.png"),
+        plots.save_epoch_times(summary, folder / "time.png"),
+    ]
+
+
+def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Curves, epochs and summaries of saved runs, concatenated, with each run's manifest.
+    Folders written before populations (no lr or seed per row) read as one seed per row."""
+    curves, epochs, summaries, metas = [], [], [], []
+    for folder in folders:
+        folder = Path(folder)
+        if not (folder / "summary.csv").exists():
+            raise OptbenchError(f"{folder} is not an optbench mnist run folder (no summary.csv)")
+        try:
+            meta = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        summary = results.read_csv(folder / "summary.csv")
+        missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns and c not in _OLD_SUMMARY]
+        if missing:
+            raise OptbenchError(f"{folder / 'summary.csv'}: missing columns {', '.join(missing)}")
+        seed = int((meta.get("config") or {}).get("seed", 0))
+        summary = _complete(summary, seed, summary)
+        summaries.append(summary[SUMMARY_COLUMNS].assign(run=folder.name))
+        curves.append(_complete(results.read_csv(folder / "curves.csv"), seed, summary)[CURVE_COLUMNS].assign(run=folder.name))
+        epochs.append(_complete(results.read_csv(folder / "epochs.csv"), seed, summary)[EPOCH_COLUMNS].assign(run=folder.name))
+        metas.append(meta)
+    return (pd.concat(curves, ignore_index=True), pd.concat(epochs, ignore_index=True),
+            pd.concat(summaries, ignore_index=True), metas)
+
+
+def _complete(frame: pd.DataFrame, seed: int, summary: pd.DataFrame) -> pd.DataFrame:
+    """Fill what an old folder lacks: lr from its summary (one per optimizer then), the run's
+    seed, no validation split, and the status its `diverged` column implies."""
+    if "lr" not in frame.columns:
+        lrs = summary.drop_duplicates("optimizer").set_index("optimizer")["lr"]
+        frame = frame.assign(lr=frame["optimizer"].map(lrs))
+    if "seed" not in frame.columns:
+        frame = frame.assign(seed=seed)
+    for column in ("val_loss", "val_acc", "final_val_acc", "best_val_acc"):
+        if column not in frame.columns:
+            frame = frame.assign(**{column: np.nan})
+    if "diverged" in frame.columns and "status" not in frame.columns:
+        frame = frame.assign(status=np.where(frame["diverged"], "diverged", "finished"))
+    return frame
+
+
+def label_by_run(curves: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame):
+    """When one member (optimizer, lr, seed) ran on one device in several runs, name each
+    `optimizer [run]`, so that tables and plots keep them apart."""
+    if not summary.duplicated(["optimizer", "device", "lr", "seed"]).any():
+        return curves, epochs, summary
+
+    def relabel(frame):
+        return frame.assign(optimizer=frame["optimizer"] + " [" + frame["run"] + "]")
+
+    return relabel(curves), relabel(epochs), relabel(summary)
+
+
+def combined(curves, epochs, summary, metas) -> Results:
+    """Saved runs as one `Results` (aggregate over their seeds), for `optbench report`."""
+    summary = sort_summary(summary)
+    status = "finished" if all(m.get("status") in ("finished", None) for m in metas) else "partial"
+    return Results(summary, spread.aggregate(summary), curves, epochs, None, {"status": status})
+
+
+def device_comparison(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """Per optimizer and lr, samples/s and s/epoch on each device (means over seeds) and the
+    GPU/CPU speed-up; None unless the runs cover both devices."""
+    if not {"cpu", "gpu"} <= set(summary["device"]):
+        return None
+    wide = summary.pivot_table(index=["optimizer", "lr"], columns="device",
+                               values=["samples_per_s", "mean_epoch_seconds", "best_test_acc"], aggfunc="mean")
+    wide = wide.dropna(subset=[("samples_per_s", "cpu"), ("samples_per_s", "gpu")])
+    table = pd.DataFrame({
+        "optimizer": wide.index.get_level_values(0),
+        "lr": wide.index.get_level_values(1),
+        "cpu_samples_per_s": wide[("samples_per_s", "cpu")].to_numpy(),
+        "gpu_samples_per_s": wide[("samples_per_s", "gpu")].to_numpy(),
+        "cpu_epoch_seconds": wide[("mean_epoch_seconds", "cpu")].to_numpy(),
+        "gpu_epoch_seconds": wide[("mean_epoch_seconds", "gpu")].to_numpy(),
+        "cpu_best_test_acc": wide[("best_test_acc", "cpu")].to_numpy(),
+        "gpu_best_test_acc": wide[("best_test_acc", "gpu")].to_numpy(),
+    })
+    table["gpu_speedup"] = table["gpu_samples_per_s"] / table["cpu_samples_per_s"]
+    return table.sort_values("gpu_speedup", ascending=False).reset_index(drop=True)
