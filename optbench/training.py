@@ -128,14 +128,14 @@ def train_population(
 
     graphed = GraphedStep(pop, x_train, y_train, (pop.n_groups, batch_size), weight_decay) if cuda_graph else None
 
-    def step(index, states, members):
+    def gradients(index):
         if graphed:
-            losses = graphed(index)
-        else:
-            losses = pop.losses_and_grads(x_train[index], y_train[index], weight_decay)
+            return graphed(index)
+        return pop.losses_and_grads(x_train[index], y_train[index], weight_decay)
+
+    def update(states, members) -> None:
         for k in members:
             optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
-        return losses
 
     # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
     saved = pop.snapshot()
@@ -143,7 +143,8 @@ def train_population(
     warm_order = orders_of(0)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
-            step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_states, range(pop.k))
+            gradients(warm_order[:, b * batch_size : (b + 1) * batch_size])
+            update(warm_states, range(pop.k))
     pop.restore(saved)
     pop.grad_rows[...] = 0
     del warm_states
@@ -165,9 +166,10 @@ def train_population(
             with np.errstate(all="ignore"):
                 while True:
                     epoch, b = divmod(done, per_epoch)
-                    losses = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], states, members)
+                    losses = gradients(orders[epoch][:, b * batch_size : (b + 1) * batch_size])
                     done += 1
-                    # The divergence check: K values back to the host (one sync per step on a GPU).
+                    # The divergence check, before any update: K values back to the host (one
+                    # sync per step on a GPU). A member with a non-finite loss is frozen as it is.
                     values = to_numpy(losses).astype(np.float64)
                     log.losses[members, done - 1] = values[members]
                     bad = [k for k in members if not math.isfinite(values[k])]
@@ -175,6 +177,7 @@ def train_population(
                         log.diverged_at[bad] = done
                         active[bad] = False
                         members = [k for k in members if active[k]]
+                    update(states, members)
                     log.done = done
                     if on_step:
                         on_step(done)

@@ -1,0 +1,228 @@
+"""Populations: a member trains as it would alone, diverging members are isolated, tuning never
+reads the test set, seeds differ and reproduce; the experiment's bad input; its Python API."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench import datasets
+from optbench.cli import app
+from optbench.errors import OptbenchError
+from optbench.experiment import TUNE_FACTORS, Experiment, MnistProblem, learning_rates
+from optbench.mlp import MLP, Population, initial_weights
+from optbench.optimizers import make_optimizer
+from optbench.training import batch_order, train_population
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data():
+    try:
+        x_train, y_train, x_test, y_test = datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+    return x_train[:3000], y_train[:3000], x_test[:500], y_test[:500]
+
+
+SMALL = MnistProblem(hidden=(32, 16), batch_size=64, iterations=100, eval_every=50)
+
+
+def curve(result, optimizer, lr, seed):
+    c = result.curves
+    return c[(c["optimizer"] == optimizer) & (c["lr"] == lr) & (c["seed"] == seed)]["train_loss"].to_numpy()
+
+
+def test_a_member_trains_in_a_population_as_it_would_alone(data):
+    """Bitwise on the CPU: each member's products are the 2-D GEMMs it computes alone (NumPy's
+    stacked matmul calls the same sgemm per member), and its update reads only its own row."""
+    together = Experiment(optimizers=["adam", "momentum", "rmsprop"], lrs=[1e-3, 1e-2], seeds=2, problem=SMALL).run(data=data)
+    assert len(together.summary) == 3 * 2 * 2
+    for optimizer, lr, seed in (("adam", 1e-3, 0), ("momentum", 1e-2, 1), ("rmsprop", 1e-3, 1)):
+        alone = Experiment(optimizers=[optimizer], lrs=[lr], seed=seed, problem=SMALL).run(data=data)
+        assert len(curve(alone, optimizer, lr, seed)) == 100
+        assert np.array_equal(curve(together, optimizer, lr, seed), curve(alone, optimizer, lr, seed))
+        row = lambda r: r.summary.set_index(["optimizer", "lr", "seed"]).loc[(optimizer, lr, seed)]  # noqa: E731
+        assert row(together)["final_test_acc"] == row(alone)["final_test_acc"]
+
+
+def test_final_weights_of_a_member_equal_its_population_of_one(data):
+    x, y = data[0], data[1]
+    specs = [("adam", 1e-3, 0), ("nadam", 2e-3, 0), ("sgd", 0.05, 1), ("adadelta", 1.0, 1)]
+    sizes = (784, 32, 10)
+    pop = Population(sizes, [s for _, _, s in specs])
+    train_population(pop, [make_optimizer(n, lr=lr) for n, lr, _ in specs], x, y, {}, iterations=60, batch_size=64,
+                     group_seeds=[0, 1])
+    for k, (name, lr, seed) in enumerate(specs):
+        alone = Population(sizes, [seed])
+        train_population(alone, [make_optimizer(name, lr=lr)], x, y, {}, iterations=60, batch_size=64, group_seeds=[seed])
+        assert np.array_equal(pop.rows[k], alone.rows[0]), name
+
+
+def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(data):
+    x, y = data[0], data[1]
+    sizes = (784, 32, 16, 10)  # two hidden layers: lr 1e5 overflows within a few steps
+    names = [("adam", 1e-3), ("sgd", 1e5), ("momentum", 0.01)]
+    pop = Population(sizes, [0, 0, 0])
+    log = train_population(pop, [make_optimizer(n, lr=lr) for n, lr in names], x, y, {"test": data[2:]},
+                           iterations=80, eval_every=20, batch_size=64)
+    assert log.diverged_at[1] > 0 and log.diverged_at[0] == log.diverged_at[2] == 0
+    stopped = int(log.diverged_at[1])
+    assert np.isnan(log.losses[1, stopped:]).all() and not math.isfinite(log.losses[1, stopped - 1])
+    # Frozen: its rows are the weights that gave the non-finite loss, trained alone that far.
+    alone = Population(sizes, [0])
+    train_population(alone, [make_optimizer("sgd", lr=1e5)], x, y, {}, iterations=stopped - 1, batch_size=64)
+    np.testing.assert_array_equal(pop.rows[1], alone.rows[0])
+    # The others train exactly as without it.
+    without = Population(sizes, [0, 0])
+    log2 = train_population(without, [make_optimizer("adam", lr=1e-3), make_optimizer("momentum", lr=0.01)], x, y,
+                            {"test": data[2:]}, iterations=80, eval_every=20, batch_size=64)
+    np.testing.assert_array_equal(pop.rows[[0, 2]], without.rows)
+    np.testing.assert_array_equal(log.losses[[0, 2]], log2.losses)
+    assert [r["test_acc"][[0, 2]].tolist() for r in log.evaluations] == [r["test_acc"].tolist() for r in log2.evaluations]
+    # The diverged member is not evaluated after it diverged.
+    assert all(math.isnan(r["test_acc"][1]) for r in log.evaluations if r["iteration"] >= stopped)
+
+
+def test_a_diverged_member_is_marked_in_the_tables(data):
+    result = Experiment(optimizers=["sgd"], lrs=[1e5, 0.01], problem=SMALL).run(data=data)
+    status = result.summary.set_index("lr")["status"]
+    assert status[1e5] == "diverged" and status[0.01] == "finished"
+    assert result.summary["diverged"].tolist() == [False, True]  # diverged last
+    assert result.aggregate.set_index("lr").loc[1e5, "status"] == "1 diverged"
+
+
+def test_tuning_never_reads_the_test_set(data):
+    problem = MnistProblem(hidden=(32,), batch_size=64, iterations=60, validation=1000)
+    clean = Experiment(optimizers=["adam", "sgd"], tune=True, problem=problem).run(data=data)
+    x_test = np.full_like(data[2], np.nan)  # poisoned: any use would change a number
+    poisoned = Experiment(optimizers=["adam", "sgd"], tune=True, problem=problem).run(data=(*data[:2], x_test, data[3]))
+    pd.testing.assert_frame_equal(clean.tuning, poisoned.tuning)
+    assert len(clean.tuning) == 2 * len(TUNE_FACTORS) and clean.tuning.groupby("optimizer")["chosen"].sum().tolist() == [1, 1]
+    # The chosen lr is the best by validation accuracy, and it is what the final runs trained at.
+    for optimizer, grid in clean.tuning.groupby("optimizer"):
+        chosen = grid[grid["chosen"]].iloc[0]
+        assert chosen["final_val_acc"] == grid[~grid["diverged"]]["final_val_acc"].max()
+        assert clean.summary.set_index("optimizer").loc[optimizer, "lr"] == chosen["lr"]
+    # The poisoned test set was in use after tuning: NaN logits score no better than chance.
+    assert (poisoned.summary["final_test_acc"] < 0.2).all() and (clean.summary["final_test_acc"] > 0.5).all()
+
+
+def test_tuning_grid_is_centred_on_each_default():
+    grids = Experiment(optimizers=["adam", "sgd"], tune=True).tuning_lrs()
+    assert grids["adam"][3] == 1e-3 and grids["sgd"][3] == 0.01
+    assert grids["adam"][0] == pytest.approx(1e-3 / 10**1.5) and grids["adam"][-1] == pytest.approx(1e-3 * 10**1.5)
+
+
+def test_seeds_differ_and_the_same_seed_reproduces(data):
+    a = Experiment(optimizers=["adam"], seeds=2, seed=3, problem=SMALL).run(data=data)
+    b = Experiment(optimizers=["adam"], seeds=2, seed=3, problem=SMALL).run(data=data)
+    assert sorted(a.summary["seed"]) == [3, 4]
+    assert not np.array_equal(curve(a, "adam", 1e-3, 3), curve(a, "adam", 1e-3, 4))
+    assert np.array_equal(curve(a, "adam", 1e-3, 3), curve(b, "adam", 1e-3, 3))
+    assert np.array_equal(curve(a, "adam", 1e-3, 4), curve(b, "adam", 1e-3, 4))
+    assert not np.array_equal(initial_weights((784, 32, 10), "he", 3), initial_weights((784, 32, 10), "he", 4))
+    assert not np.array_equal(batch_order(3000, 1, 3), batch_order(3000, 1, 4))
+
+
+def test_max_population_splits_the_run_and_changes_no_number(data):
+    whole = Experiment(optimizers=["adam", "sgd", "adamax"], problem=SMALL).run(data=data)
+    split = Experiment(optimizers=["adam", "sgd", "adamax"], problem=SMALL, max_population=2).run(data=data)
+    assert [c["members"] for c in split.manifest["populations"]] == [2, 1]
+    assert [c["members"] for c in whole.manifest["populations"]] == [3]
+    pd.testing.assert_frame_equal(whole.curves, split.curves)
+
+
+def test_torch_init_is_pytorch_linear_default():
+    sizes = (784, 512, 10)
+    flat = initial_weights(sizes, "torch", 0)
+    net = MLP(sizes, init="torch")
+    assert np.array_equal(net.params, flat)
+    for i, fan_in in enumerate(sizes[:-1]):
+        bound = 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) and the bias rule of nn.Linear
+        for name in (f"W{i}", f"b{i}"):
+            values = net.p[name]
+            assert values.min() >= -bound and values.max() <= bound
+        assert net.p[f"W{i}"].std() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # uniform's std
+        assert net.p[f"b{i}"].any()
+
+
+def test_no_shuffle_trains_on_the_data_sets_order(data):
+    x, y = data[0], data[1]
+    net = MLP((784, 16, 10))
+    start = net.params.copy()
+    pop = Population((784, 16, 10), [0])
+    log = train_population(pop, [make_optimizer("sgd")], x, y, {}, iterations=2, batch_size=64, shuffle=False)
+    net.params[...] = start
+    first = float(net.loss_and_grads(x[:64], y[:64]))  # the first 64 images, in order
+    assert log.losses[0, 0] == first
+    assert np.array_equal(batch_order(10, 3, 7, shuffle=False), np.arange(10))
+
+
+def test_learning_rate_precedence():
+    assert learning_rates({"lr": 0.5}, [0.1, 0.2], 0.01) == [0.5]  # --hp lr= wins
+    assert learning_rates({}, [0.1, 0.2], 0.01) == [0.1, 0.2]  # then every --lr
+    assert learning_rates({}, [], 0.01) == [0.01]  # then the table or the class default
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--seeds", "-2"], "--seeds"),
+        (["--lr", "0"], "invalid --lr 0.0"),
+        (["--lr", "-1e-3"], "invalid --lr"),
+        (["--lr", "nan"], "invalid --lr nan"),
+        (["--lr", "inf"], "invalid --lr inf"),
+        (["--validation", "60000"], "--validation 60000"),
+        (["--validation", "3000", "--train-size", "3000"], "--validation 3000"),
+        (["--max-population", "0"], "--max-population"),
+        (["--tune", "--lr", "0.1"], "--tune or --lr"),
+        (["--init", "kaiming"], "he, xavier, std, torch"),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, args, fragment):
+    result = invoke("mnist", *args, "--out", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_tune_and_seeds_from_the_cli(tmp_path, data):
+    result = invoke("mnist", "--opt", "adam", "--tune", "--seeds", "2", "--validation", "500", "--train-size", "3000",
+                    "--test-size", "500", "--hidden", "32", "--batch-size", "64", "--iterations", "40",
+                    "--out", tmp_path, "--name", "t", "--no-plot")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "mnist" / "t"
+    tuning = pd.read_csv(folder / "tuning.csv")
+    assert len(tuning) == 7 and tuning["chosen"].sum() == 1 and set(tuning["seed"]) == {0}
+    summary = pd.read_csv(folder / "summary.csv")
+    assert sorted(summary["seed"]) == [0, 1] and set(summary["lr"]) == {tuning[tuning["chosen"]]["lr"].iloc[0]}
+    assert summary["final_val_acc"].notna().all() and summary["final_test_acc"].notna().all()
+    aggregate = pd.read_csv(folder / "aggregate.csv")
+    assert aggregate["seeds"].tolist() == [2] and "±" in result.output and "Tuning" in result.output
+
+
+def test_the_readme_notebook_example_runs(data, monkeypatch):
+    """The README's Python API example, run as written (on the real MNIST it names)."""
+    text = README.read_text()
+    block = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README lost its API example"
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    result = namespace["result"]
+    assert set(result.summary["optimizer"]) == {"signsgd", "adam"}
+    assert result.aggregate["seeds"].tolist() == [5, 5]
+    assert {"final_test_acc_mean", "final_test_acc_std"} <= set(result.aggregate.columns)
