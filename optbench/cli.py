@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from optbench import surface_bench, tables
+from optbench import surface_run, tables
 from optbench.errors import OptbenchError
 from optbench.results import prepare_dir
 from optbench.optimizers import OPTIMIZERS, select_contenders
@@ -66,7 +66,10 @@ OptOption = Annotated[
     Optional[list[str]],
     typer.Option("--opt", "-o", help=f"Optimizer, repeatable: {', '.join(OPTIMIZERS)}, all, or module:Class."),
 ]
-LrOption = Annotated[Optional[float], typer.Option("--lr", help="Learning rate for every optimizer (default: per-surface table).")]
+LrOption = Annotated[
+    Optional[list[float]],
+    typer.Option("--lr", help="Learning rate, repeatable: every optimizer runs at each (default: per-surface table)."),
+]
 HpOption = Annotated[
     Optional[list[str]],
     typer.Option("--hp", help="Hyperparameter name=value (or optimizer.name=value), repeatable, e.g. --hp momentum=0.95."),
@@ -105,10 +108,10 @@ def surface_command(
     quiet: QuietOption = False,
 ) -> None:
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
-    if lr is not None and lr <= 0:
-        raise OptbenchError(f"invalid --lr {lr} (must be > 0)")
-    contenders = select_contenders(opt or [], hp or [], lr)
-    surfaces = surface_bench.select_surfaces(fn or [])
+    lrs = lr or []
+    surface_run.check_lrs(lrs, tune)
+    contenders = select_contenders(opt or [], hp or [])
+    surfaces = surface_run.select_surfaces(fn or [])
     prepare_dir(out)
     written = []
     progress = Progress(
@@ -120,8 +123,8 @@ def surface_command(
             task = progress.add_task("surfaces", total=len(surfaces))
             for surface in surfaces:
                 progress.update(task, description=f"surface {surface.name}")
-                result = surface_bench.run_surface(surface, contenders, steps=steps, lr=lr, start=start, tune=tune)
-                files = surface_bench.write_surface_result(result, out, plot=plot, animate=animate)
+                result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune)
+                files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)
                 written.append((result, files))
                 progress.advance(task)
     except KeyboardInterrupt:

@@ -140,32 +140,32 @@ def _optimizers(settings: dict) -> list[tuple[str, type]]:
 def run_surface_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
     """Metrics per `surface/optimizer`: final_loss, gap, steps_to_tol, diverged.
 
-    `nudge` = k moves every start point by a random ±1 ulp per coordinate (seed k).
+    Each surface runs as `optbench surface` runs it (`surface_run.run_surface`): one member per
+    optimizer, at the suite's lr or the surface's table. `nudge` = k moves every start point by
+    a random ±1 ulp per coordinate (seed k).
     """
-    from optbench.optimizers import Contender, instantiate
-    from optbench.surface_bench import default_lr, select_surfaces
-    from optbench.trajectories import run, steps_to_tol
+    from optbench.optimizers import Contender
+    from optbench.surface_run import run_surface, select_surfaces
 
     names = suite.settings.get("surfaces", "all")
-    surfaces = select_surfaces([names] if isinstance(names, str) else list(names))
+    lr = suite.settings.get("lr", "table")
+    contenders = [Contender(label, cls, {}) for label, cls in _optimizers(suite.settings)]
     rows = []
-    for surface in surfaces:
-        steps = int(suite.settings.get("steps", 0)) or surface.steps
+    for surface in select_surfaces([names] if isinstance(names, str) else list(names)):
         start = np.asarray(surface.start, dtype=np.float64)
         if nudge is not None:
             start = np.nextafter(start, start + np.random.default_rng(nudge).choice([-1.0, 1.0], 2) * np.inf)
-        for label, cls in _optimizers(suite.settings):
-            lr = suite.settings.get("lr", "table")
-            lr = default_lr(surface, Contender(label, cls, {})) if lr == "table" else float(lr)
-            batch = run(surface, instantiate(cls, lr=lr), [start], steps)
-            final_loss = float(batch.final_losses[0])
-            reached = int(steps_to_tol(surface, batch)[0])
+        result = run_surface(surface, contenders, steps=int(suite.settings.get("steps", 0)) or None,
+                             lrs=[] if lr == "table" else [float(lr)], start=tuple(start))
+        # In the suite's order, not best first: nudged reruns are compared row by row.
+        summary = result.summary.set_index("optimizer").loc[[c.label for c in contenders]]
+        for label, member in summary.iterrows():
             case = f"{surface.name}/{label}"
             rows += [
-                (case, "final_loss", final_loss),
-                (case, "gap", final_loss - surface.min_value if surface.bounded else math.nan),
-                (case, "steps_to_tol", float(reached) if reached >= 0 else math.nan),
-                (case, "diverged", float(batch.diverged[0])),
+                (case, "final_loss", float(member["final_loss"])),
+                (case, "gap", float(member["gap"])),
+                (case, "steps_to_tol", float(member["steps_to_tol"]) if not pd.isna(member["steps_to_tol"]) else math.nan),
+                (case, "diverged", float(member["diverged"])),
             ]
     return pd.DataFrame(rows, columns=["case", "metric", "value"])
 

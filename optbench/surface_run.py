@@ -1,4 +1,8 @@
-"""The core of `optbench surface`: run optimizers on surfaces and write CSVs and pictures.
+"""The core of `optbench surface` and of regress's surface suites: optimizers on surfaces as a
+population of members (optimizer × lr × start point), written as CSVs and pictures.
+
+    result = run_surface(get_surface("rosenbrock"), select_contenders(["adam", "sgd"], []), lrs=[1e-3, 1e-2])
+    result.summary              # one row per member, best first
 
 Knows nothing of the terminal: the CLI chooses, calls `run_surface` and `write_surface_result`,
 and shows the summary.
@@ -8,16 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from optbench import results
 from optbench.errors import OptbenchError
-from optbench.optimizers import OPTIMIZERS, Contender, defaults_of, instantiate
+from optbench.experiment import check_lr, learning_rates
+from optbench.optimizers import OPTIMIZERS, Contender, defaults_of
+from optbench.spread import series_label
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
-from optbench.trajectories import TUNE_GRID, distance_to_minimum, run, steps_to_tol, tune_lr
+from optbench.trajectories import TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
 
 TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
@@ -34,12 +41,39 @@ def select_surfaces(names: list[str]) -> list[Surface]:
     return list(chosen.values())
 
 
-def default_lr(surface: Surface, contender: Contender) -> float:
+def default_lr(surface: Surface, label: str, cls: type) -> float:
     """The surface's table entry for a built-in optimizer, else the class's own default lr."""
     table = SURFACE_LRS.get(surface.name, {})
-    if contender.cls is OPTIMIZERS.get(contender.label) and contender.label in table:
-        return table[contender.label]
-    return float(defaults_of(contender.cls).get("lr", 1e-3))
+    if cls is OPTIMIZERS.get(label) and label in table:
+        return table[label]
+    return float(defaults_of(cls).get("lr", 1e-3))
+
+
+def check_lrs(lrs: Sequence[float], tune: bool = False) -> None:
+    """Refuse a bad --lr, and --lr with --tune, before anything runs."""
+    for lr in lrs:
+        check_lr(lr)
+    if tune and lrs:
+        raise OptbenchError("--tune chooses the lr itself: give --tune or --lr, not both")
+
+
+def surface_members(
+    surface: Surface, contenders: list[Contender], lrs: Sequence[float] = (), start: tuple[float, float] | None = None
+) -> list[SurfaceMember]:
+    """Every optimizer at each of its lrs (`learning_rates`: --hp lr, then every --lr, then the
+    surface's table), from `start` (default: the surface's), optimizer by optimizer."""
+    start = tuple(start) if start is not None else surface.start
+    with np.errstate(all="ignore"):
+        start_loss = surface.value(np.asarray(start, dtype=np.float64))
+    if not (np.all(np.isfinite(start)) and np.isfinite(start_loss)):
+        raise OptbenchError(f"--start {start[0]:g} {start[1]:g}: {surface.name} is not finite there (loss {start_loss:g})")
+    members = []
+    for c in contenders:
+        rest = {k: v for k, v in c.hparams.items() if k != "lr"}
+        for lr in learning_rates(c.hparams, lrs, default_lr(surface, c.label, c.cls)):
+            check_lr(lr, f"{c.label}: lr")
+            members.append(SurfaceMember(c.label, c.cls, rest, lr, start))
+    return members
 
 
 @dataclass
@@ -55,35 +89,33 @@ def run_surface(
     contenders: list[Contender],
     *,
     steps: int | None = None,
-    lr: float | None = None,
+    lrs: Sequence[float] = (),
     start: tuple[float, float] | None = None,
     tune: bool = False,
 ) -> SurfaceResult:
-    """Run every contender on `surface`; lr precedence: --tune, then --hp lr, --lr, the table."""
+    """Run every member (`surface_members`) on `surface` as one population; with `tune`, each
+    optimizer at the lr of TUNE_GRID with the lowest final loss instead (`tune_lr`)."""
+    check_lrs(lrs, tune)
     steps = steps or surface.steps
-    start = tuple(start) if start is not None else surface.start
-    with np.errstate(all="ignore"):
-        start_loss = surface.value(np.asarray(start))
-    if not (np.all(np.isfinite(start)) and np.isfinite(start_loss)):
-        raise OptbenchError(f"--start {start[0]:g} {start[1]:g}: {surface.name} is not finite there (loss {start_loss:g})")
-    trajectories, summaries, tunings = [], [], []
-    for contender in contenders:
-        hparams = {k: v for k, v in contender.hparams.items() if k != "lr"}
-        if tune:
-            best, grid_batch = tune_lr(surface, contender.cls, hparams, start, steps)
-            chosen_lr, batch = float(TUNE_GRID[best]), grid_batch.row(best)
-            tunings.append(_tuning_frame(surface, contender.label, grid_batch, best))
-        else:
-            chosen_lr = contender.hparams.get("lr", lr if lr is not None else default_lr(surface, contender))
-            batch = run(surface, instantiate(contender.cls, lr=chosen_lr, **hparams), [start], steps)
-        trajectories.append(_trajectory_frame(surface, contender.label, chosen_lr, batch))
-        summaries.append(_summary_frame(surface, contender.label, chosen_lr, batch))
-    summary = pd.concat(summaries, ignore_index=True)
-    summary = sort_summary(summary)
+    members = surface_members(surface, contenders, lrs, start)
+    tunings = []
+    if tune:
+        # Without --lr there is one member per optimizer: it runs at its best grid lr instead,
+        # and the whole grid goes to tuning.csv.
+        rows, tuned = [], []
+        for m in members:
+            best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps)
+            tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best))
+            tuned.append(SurfaceMember(m.optimizer, m.cls, m.hparams, float(TUNE_GRID[best]), m.start))
+            rows.append(grid_batch.row(best))
+        members, batch = tuned, TrajectoryBatch.concat(rows)
+    else:
+        batch = run_members(surface, members, steps)
+    trajectories = [_trajectory_frame(surface, m.optimizer, m.lr, batch.row(k)) for k, m in enumerate(members)]
     return SurfaceResult(
         surface,
         pd.concat(trajectories, ignore_index=True),
-        summary,
+        sort_summary(_summary_frame(surface, members, batch)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
     )
 
@@ -113,15 +145,16 @@ def _trajectory_frame(surface: Surface, label: str, lr: float, batch) -> pd.Data
     )
 
 
-def _summary_frame(surface: Surface, label: str, lr: float, batch) -> pd.DataFrame:
+def _summary_frame(surface: Surface, members: list[SurfaceMember], batch) -> pd.DataFrame:
+    """One row per member (row of `batch`)."""
     final = batch.final_positions
     final_loss = batch.final_losses
     reached = steps_to_tol(surface, batch)
     return pd.DataFrame(
         {
             "surface": surface.name,
-            "optimizer": label,
-            "lr": lr,
+            "optimizer": [m.optimizer for m in members],
+            "lr": [m.lr for m in members],
             "steps": batch.final_index,
             "final_x": final[:, 0],
             "final_y": final[:, 1],
@@ -160,8 +193,22 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     if plot or animate:
         from optbench import plots  # matplotlib only when pictures are asked for
 
+        trajectories, summary = _one_path_per_label(result)
         if plot:
-            written.append(plots.save_trajectories(result.surface, result.trajectories, result.summary, folder / "trajectories.png"))
+            written.append(plots.save_trajectories(result.surface, trajectories, summary, folder / "trajectories.png"))
         if animate:
-            written.append(plots.save_animation(result.surface, result.trajectories, result.summary, folder / "trajectories.gif"))
+            written.append(plots.save_animation(result.surface, trajectories, summary, folder / "trajectories.gif"))
     return written
+
+
+def _one_path_per_label(result: SurfaceResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frames to draw: the plots draw one path per optimizer label, so where an optimizer
+    ran at several lrs each (optimizer, lr) gets a label of its own ('adam lr=0.01')."""
+    if not (result.summary.groupby("optimizer")["lr"].nunique() > 1).any():
+        return result.trajectories, result.summary
+
+    def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+        labels = [series_label(o, lr, "cpu", several_lrs=True, several_devices=False) for o, lr in zip(frame["optimizer"], frame["lr"])]
+        return frame.assign(optimizer=labels)
+
+    return labelled(result.trajectories), labelled(result.summary)

@@ -4,6 +4,10 @@ A batch of trajectories is a point cloud `p` of shape (N, 2) updated by one opti
 built-in rules are elementwise, so the rows are independent and a row that overflows or turns
 NaN cannot disturb the others. A user's optimizer might couple coordinates (a global norm,
 say), so it runs one row at a time.
+
+A surface run is a population of members (optimizer, hyperparameters, lr, start point), as an
+MNIST run is: `run_members` runs every member of one built-in optimizer as one point cloud with
+a column of lrs, so each row is bitwise the trajectory that member would have alone.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optbench.optimizers import OPTIMIZERS, instantiate
+from optbench.optimizers import OPTIMIZERS, instantiate, optimizer_label
 from optbench.surfaces import Surface
 
 GAP_TOL = 1e-3  # steps_to_tol: the first step where loss - global minimum < GAP_TOL
@@ -55,6 +59,29 @@ class TrajectoryBatch:
         """Trajectory i alone, as a batch of one."""
         return TrajectoryBatch(self.positions[:, i : i + 1], self.losses[:, i : i + 1], self.stop[i : i + 1])
 
+    @staticmethod
+    def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
+        """The rows of every batch, in order (all of one length of run)."""
+        return TrajectoryBatch(
+            np.concatenate([b.positions for b in batches], axis=1),
+            np.concatenate([b.losses for b in batches], axis=1),
+            np.concatenate([b.stop for b in batches]),
+        )
+
+
+@dataclass(frozen=True)
+class SurfaceMember:
+    """One trajectory: an optimizer (label, class, hyperparameters without lr), an lr and a start."""
+
+    optimizer: str
+    cls: type
+    hparams: dict
+    lr: float
+    start: tuple[float, float]
+
+    def build(self):
+        return instantiate(self.cls, **{**self.hparams, "lr": self.lr})
+
 
 def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     n = starts.shape[0]
@@ -92,6 +119,39 @@ def run(surface: Surface, optimizer, starts, steps: int) -> TrajectoryBatch:
     return TrajectoryBatch(positions, losses, stop)
 
 
+def _same_optimizer(a: SurfaceMember, b: SurfaceMember) -> bool:
+    return (a.optimizer, a.cls, a.hparams) == (b.optimizer, b.cls, b.hparams)
+
+
+def run_members(surface: Surface, members: list[SurfaceMember], steps: int) -> TrajectoryBatch:
+    """Every member for `steps` steps; row k of the batch is member k.
+
+    The members of one built-in optimizer (same label, class and hyperparameters) run as one
+    point cloud with lr as a column (K, 1); a user's class runs member by member.
+    """
+    groups: list[list[int]] = []  # member indices, one list per optimizer
+    for k, m in enumerate(members):
+        for rows in groups:
+            if _same_optimizer(members[rows[0]], m):
+                rows.append(k)
+                break
+        else:
+            groups.append([k])
+    order, batches = [], []
+    for rows in groups:
+        group = [members[k] for k in rows]
+        starts = np.array([m.start for m in group], dtype=np.float64)
+        if group[0].cls in OPTIMIZERS.values():
+            lrs = np.array([m.lr for m in group], dtype=np.float64)[:, None]
+            batches.append(run(surface, instantiate(group[0].cls, lr=lrs, **group[0].hparams), starts, steps))
+        else:
+            batches += [run(surface, m.build(), starts[i : i + 1], steps) for i, m in enumerate(group)]
+        order += rows
+    batch = TrajectoryBatch.concat(batches)
+    back = np.argsort(order)  # from group order back to member order
+    return TrajectoryBatch(batch.positions[:, back], batch.losses[:, back], batch.stop[back])
+
+
 def steps_to_tol(surface: Surface, batch: TrajectoryBatch) -> np.ndarray:
     """Per row, the first step with loss - minimum < GAP_TOL, or -1 when never (or no minimum)."""
     if not surface.bounded:
@@ -112,21 +172,16 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
 def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID):
     """Run every lr of `grid`; return (index of the best lr, batch with one row per lr).
 
-    A built-in optimizer gets lr as a column (G, 1), so the whole grid is one vectorised batch;
-    a user's class gets one instance per lr. The best lr has the lowest final loss (diverged runs count as
-    +inf); ties go to the run that came within tolerance first, then to the smaller lr.
+    The grid is a population of one member per lr (`run_members`): one vectorised batch for a
+    built-in optimizer, one instance per lr for a user's class. The best lr has the lowest final
+    loss (diverged runs count as +inf); ties go to the run that came within tolerance first,
+    then to the smaller lr.
     """
     grid = np.asarray(grid, dtype=np.float64)
-    start = np.asarray(start, dtype=np.float64)[None, :]
-    if cls in OPTIMIZERS.values():
-        batch = run(surface, cls(lr=grid[:, None], **hparams), np.repeat(start, grid.size, axis=0), steps)
-    else:
-        rows = [run(surface, instantiate(cls, lr=float(lr), **hparams), start, steps) for lr in grid]
-        batch = TrajectoryBatch(
-            np.concatenate([r.positions for r in rows], axis=1),
-            np.concatenate([r.losses for r in rows], axis=1),
-            np.concatenate([r.stop for r in rows]),
-        )
+    start = tuple(np.asarray(start, dtype=np.float64))
+    hparams = {k: v for k, v in hparams.items() if k != "lr"}
+    members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), start) for lr in grid]
+    batch = run_members(surface, members, steps)
     final = np.where(batch.diverged, np.inf, batch.final_losses)
     reached = steps_to_tol(surface, batch)
     reached = np.where(reached < 0, steps + 1, reached)

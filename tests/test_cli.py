@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from optbench.cli import app
 from optbench.optimizers import OPTIMIZERS
-from optbench.surface_bench import SUMMARY_COLUMNS, TRAJECTORY_COLUMNS
+from optbench.surface_run import SUMMARY_COLUMNS, TRAJECTORY_COLUMNS
 from optbench.surfaces import SURFACES
 
 runner = CliRunner()
@@ -75,6 +75,60 @@ def test_surface_options_reach_the_optimizer(tmp_path):
     # First Nesterov step with buffer b1 = g: p1 = p0 - lr (g + mu g) = p0 - lr (1 + mu) g.
     g = np.array([3 / 10, 2 * -1])
     np.testing.assert_allclose(nesterov[["x", "y"]].to_numpy()[1], np.array([3, -1]) - 0.05 * 1.5 * g, rtol=1e-14)
+
+
+def test_repeated_lr_runs_every_optimizer_at_each(tmp_path, monkeypatch):
+    from optbench import plots
+
+    drawn = {}
+    real = plots.save_trajectories
+
+    def spy(surface, trajectories, summary, path):
+        drawn["labels"] = list(summary["optimizer"])
+        drawn["paths"] = trajectories.groupby("optimizer")["step"].count().to_dict()
+        return real(surface, trajectories, summary, path)
+
+    monkeypatch.setattr(plots, "save_trajectories", spy)
+    result = invoke(
+        "surface", "--opt", "sgd", "--opt", "adam", "--opt", "nesterov", "--fn", "bowl", "--steps", "12",
+        "--lr", "0.05", "--lr", "0.2", "--hp", "nesterov.lr=0.01", "--out", tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "surface" / "bowl"
+    summary = pd.read_csv(folder / "summary.csv")
+    traj = pd.read_csv(folder / "trajectories.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS and list(traj.columns) == TRAJECTORY_COLUMNS
+    # Every optimizer at each --lr, except where --hp sets its own lr.
+    expected = {("sgd", 0.05), ("sgd", 0.2), ("adam", 0.05), ("adam", 0.2), ("nesterov", 0.01)}
+    assert set(zip(summary["optimizer"], summary["lr"])) == expected and len(summary) == 5
+    assert (traj.groupby(["optimizer", "lr"])["step"].count() == 13).all()
+    # Plain SGD on x^2/20 + y^2 from (-7, 2), at each lr: x_t = (1 - lr/10)^t x_0, y_t = (1 - 2 lr)^t y_0.
+    for lr in (0.05, 0.2):
+        sgd = traj[(traj["optimizer"] == "sgd") & (traj["lr"] == lr)].sort_values("step")
+        t = sgd["step"].to_numpy()
+        np.testing.assert_allclose(sgd["x"], -7 * (1 - lr / 10) ** t, rtol=1e-13)
+        np.testing.assert_allclose(sgd["y"], 2 * (1 - 2 * lr) ** t, rtol=1e-13)
+    # The picture has one path per (optimizer, lr), and its legend tells the lrs apart.
+    assert sorted(drawn["labels"]) == sorted(["sgd lr=0.05", "sgd lr=0.2", "adam lr=0.05", "adam lr=0.2", "nesterov lr=0.01"])
+    assert set(drawn["paths"].values()) == {13}
+    assert (folder / "trajectories.png").stat().st_size > 10_000
+    assert result.output.count("sgd") >= 2 and "0.2" in result.output
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "-inf", "1e400"])
+def test_a_bad_lr_among_several_gives_one_line_and_exit_2_and_writes_nothing(tmp_path, value):
+    result = invoke("surface", "--opt", "sgd", "--lr", "0.1", f"--lr={value}", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert "invalid --lr" in message and "must be a finite number > 0" in message
+    assert len(message.splitlines()) == 1, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_lr_and_tune_together_are_refused(tmp_path):
+    result = invoke("surface", "--opt", "sgd", "--lr", "0.1", "--tune", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "give --tune or --lr, not both" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_tune_reports_the_chosen_lr(tmp_path):

@@ -1,8 +1,10 @@
-"""Trajectories on the 2-D surfaces: closed forms, row independence, divergence, summaries, --tune.
+"""Trajectories on the 2-D surfaces: closed forms, row independence, populations of members,
+divergence, summaries, --tune.
 
 The oracles are hand derivations (gradient descent on a diagonal quadratic is a geometric
-sequence per coordinate), the same computation done row by row, and the rules the docstrings
-promise (a diverged row is cut at its first non-finite step and never chosen by tune_lr).
+sequence per coordinate), the same computation done row by row or member by member, and the
+rules the docstrings promise (a diverged row is cut at its first non-finite step and never
+chosen by tune_lr).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import warnings
 import numpy as np
 import pytest
 
-from optbench.optimizers import OPTIMIZERS, SGD
+from optbench.errors import OptbenchError
+from optbench.optimizers import OPTIMIZERS, SGD, Contender
 from optbench.surface_lrs import SURFACE_LRS
+from optbench.surface_run import run_surface, surface_members
 from optbench.surfaces import SURFACES, get_surface
-from optbench.trajectories import GAP_TOL, TUNE_GRID, distance_to_minimum, run, steps_to_tol, tune_lr
+from optbench.trajectories import (
+    GAP_TOL, TUNE_GRID, SurfaceMember, distance_to_minimum, run, run_members, steps_to_tol, tune_lr,
+)
 
 BOWL = get_surface("bowl")
 BOUNDED = sorted(name for name, s in SURFACES.items() if s.bounded)
@@ -96,6 +102,111 @@ def test_a_column_of_learning_rates_equals_one_run_per_learning_rate(opt):
     for i, lr in enumerate(lrs):
         alone = run(surface, cls(lr=float(lr)), start, 100)
         np.testing.assert_allclose(batch.positions[:, i], alone.positions[:, 0], rtol=1e-13, atol=1e-300)
+
+
+# --- populations of members ------------------------------------------------------------------
+
+
+def assert_same_trajectory(batch, k, alone):
+    """Row k of `batch` is bit for bit the batch of one `alone` (NaN tails included)."""
+    assert batch.stop[k] == alone.stop[0]
+    np.testing.assert_array_equal(batch.positions[:, k], alone.positions[:, 0])
+    np.testing.assert_array_equal(batch.losses[:, k], alone.losses[:, 0])
+
+
+def test_a_population_of_two_optimizers_at_two_lrs_is_bitwise_each_member_alone(no_warnings):
+    # Rosenbrock from (-1.5, 2.5): SGD at lr 0.01 overflows within a few steps, so one member
+    # diverges while the three others run all their steps beside it.
+    rosenbrock = get_surface("rosenbrock")
+    contenders = [Contender("adam", OPTIMIZERS["adam"], {"beta1": 0.8}), Contender("sgd", OPTIMIZERS["sgd"], {})]
+    members = surface_members(rosenbrock, contenders, [1e-3, 1e-2])
+    assert [(m.optimizer, m.lr) for m in members] == [("adam", 1e-3), ("adam", 1e-2), ("sgd", 1e-3), ("sgd", 1e-2)]
+    assert [m.hparams for m in members] == [{"beta1": 0.8}] * 2 + [{}] * 2
+    assert all(m.start == rosenbrock.start for m in members)
+    batch = run_members(rosenbrock, members, 300)
+    assert batch.diverged.tolist() == [False, False, False, True]
+    for k, m in enumerate(members):
+        # Alone: the member's own optimizer object with a scalar lr, from its own start.
+        assert_same_trajectory(batch, k, run(rosenbrock, OPTIMIZERS[m.optimizer](lr=m.lr, **m.hparams), [m.start], 300))
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_members_with_other_lrs_and_starts_are_bitwise_each_member_alone(opt):
+    surface = get_surface("himmelblau")
+    cls = OPTIMIZERS[opt]
+    base = SURFACE_LRS["himmelblau"][opt]
+    members = [SurfaceMember(opt, cls, {}, lr, tuple(start)) for lr in (base / 3, base * 2) for start in STARTS[:3]]
+    batch = run_members(surface, members, 120)
+    for k, m in enumerate(members):
+        assert_same_trajectory(batch, k, run(surface, cls(lr=m.lr), [m.start], 120))
+
+
+class Recording:
+    """A user optimizer (plain SGD) that records each instance and the shapes it updates."""
+
+    defaults = {"lr": 0.01}
+    instances: list = []
+
+    def __init__(self, lr=0.01):
+        self.lr = lr
+        self.shapes = []
+        Recording.instances.append(self)
+
+    def init(self, p):
+        return {}
+
+    def update(self, p, g, state):
+        self.shapes.append(p.shape)
+        p -= self.lr * g
+
+
+def test_user_members_run_one_instance_each_and_keep_the_member_order():
+    Recording.instances.clear()
+    members = [
+        SurfaceMember("recording", Recording, {}, 0.1, (-7.0, 2.0)),
+        SurfaceMember("sgd", SGD, {}, 0.1, (-7.0, 2.0)),
+        SurfaceMember("recording", Recording, {}, 0.3, (3.0, -1.0)),
+        SurfaceMember("sgd", SGD, {}, 0.3, (3.0, -1.0)),
+    ]
+    batch = run_members(BOWL, members, 25)
+    assert [inst.lr for inst in Recording.instances] == [0.1, 0.3]
+    assert all(set(inst.shapes) == {(1, 2)} for inst in Recording.instances)
+    # Recording is plain SGD: member k of either class follows the bowl's closed form
+    # x_t = (1 - lr/10)^t x_0, y_t = (1 - 2 lr)^t y_0.
+    t = np.arange(26)
+    for k, m in enumerate(members):
+        (x0, y0), lr = m.start, m.lr
+        expected = np.column_stack([(1 - lr / 10) ** t * x0, (1 - 2 * lr) ** t * y0])
+        np.testing.assert_allclose(batch.positions[:, k], expected, rtol=1e-13)
+
+
+def test_surface_members_take_the_lr_from_hp_then_every_lr_given_then_the_table():
+    adam, sgd = OPTIMIZERS["adam"], OPTIMIZERS["sgd"]
+    table = SURFACE_LRS["bowl"]
+    chosen = [Contender("adam", adam, {"lr": 0.05, "beta1": 0.5}), Contender("sgd", sgd, {}), Contender("recording", Recording, {})]
+    assert [(m.optimizer, m.lr) for m in surface_members(BOWL, chosen)] == [("adam", 0.05), ("sgd", table["sgd"]), ("recording", 0.01)]
+    given = surface_members(BOWL, chosen, [0.2, 0.3])
+    assert [(m.optimizer, m.lr) for m in given] == [("adam", 0.05), ("sgd", 0.2), ("sgd", 0.3), ("recording", 0.2), ("recording", 0.3)]
+    # The lr is the member's, never one of its hyperparameters.
+    assert given[0].hparams == {"beta1": 0.5} and given[0].build().lr == 0.05
+
+
+@pytest.mark.parametrize("lr", [0.0, -1.0, math.nan, math.inf])
+def test_a_non_positive_or_non_finite_lr_is_refused(lr):
+    with pytest.raises(OptbenchError, match="must be a finite number > 0"):
+        run_surface(BOWL, [Contender("sgd", SGD, {})], lrs=[0.1, lr])
+
+
+def test_run_surface_has_one_summary_row_per_member():
+    contenders = [Contender("sgd", SGD, {}), Contender("adam", OPTIMIZERS["adam"], {})]
+    result = run_surface(BOWL, contenders, steps=30, lrs=[0.05, 0.5])
+    pairs = set(zip(result.summary["optimizer"], result.summary["lr"]))
+    assert pairs == {("sgd", 0.05), ("sgd", 0.5), ("adam", 0.05), ("adam", 0.5)}
+    batch = run(BOWL, SGD(lr=0.5), [BOWL.start], 30)
+    row = result.summary.set_index(["optimizer", "lr"]).loc[("sgd", 0.5)]
+    assert row["final_loss"] == batch.final_losses[0]
+    path = result.trajectories[(result.trajectories["optimizer"] == "sgd") & (result.trajectories["lr"] == 0.5)]
+    np.testing.assert_array_equal(path[["x", "y"]].to_numpy(), batch.positions[:, 0])
 
 
 # --- divergence ------------------------------------------------------------------------------
