@@ -153,3 +153,38 @@ def test_bench_on_the_gpu_has_eager_graph_and_torch_rows():
     if torch_on_gpu:
         assert any(impl.startswith("torch (") for impl in impls) and facts["torch_cuda"]
     assert all(row["ms_per_step"] > 0 for row in steps)
+
+
+@pytest.mark.skipif(os.environ.get("CUPY_TF32", "0") != "0", reason="CUPY_TF32 rounds matrix products to 10-bit mantissas")
+def test_a_population_trains_on_cupy_as_on_numpy():
+    """Two seeds × three optimizers as one population: the GPU's losses, final weights and
+    test accuracy agree with the CPU's within float32 rounding; a diverging member is frozen."""
+    from optbench.mlp import Population
+    from optbench.optimizers import make_optimizer
+    from optbench.training import train_population
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2000, 784), dtype=np.float32), rng.integers(0, 10, 2000)
+    specs = [("adam", 1e-3), ("momentum", 0.01), ("sgd", 1e5)]
+    runs = {}
+    for kind in ("cpu", "gpu"):
+        device = select_device(kind)
+        xp = device.xp
+        data = [xp.asarray(a) for a in (x, y, x[:500], y[:500])]
+        pop = Population((784, 64, 32, 10), [0, 0, 0, 1, 1, 1], xp=xp)
+        log = train_population(pop, [make_optimizer(n, lr=lr) for _ in range(2) for n, lr in specs], data[0], data[1],
+                               {"test": (data[2], data[3])}, iterations=30, eval_every=10, batch_size=128,
+                               group_seeds=[0, 1], sync=device.sync)
+        runs[kind] = (log, cupy_or_numpy(pop.rows))
+    (cpu, w_cpu), (gpu, w_gpu) = runs["cpu"], runs["gpu"]
+    np.testing.assert_array_equal(cpu.diverged_at, gpu.diverged_at)
+    assert cpu.diverged_at[2] > 0 and cpu.diverged_at[5] > 0
+    finite = [0, 1, 3, 4]
+    np.testing.assert_allclose(gpu.losses[finite], cpu.losses[finite], rtol=1e-4)
+    np.testing.assert_allclose(w_gpu[finite], w_cpu[finite], rtol=1e-3, atol=1e-5)
+
+
+def cupy_or_numpy(a):
+    from optbench.backend import to_numpy
+
+    return to_numpy(a)
