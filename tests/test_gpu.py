@@ -159,6 +159,7 @@ def test_bench_on_the_gpu_has_eager_graph_and_torch_rows():
 def test_a_population_trains_on_cupy_as_on_numpy():
     """Two seeds × three optimizers as one population: the GPU's losses, final weights and
     test accuracy agree with the CPU's within float32 rounding; a diverging member is frozen."""
+    from optbench.backend import to_numpy
     from optbench.mlp import Population
     from optbench.optimizers import make_optimizer
     from optbench.training import train_population
@@ -175,7 +176,7 @@ def test_a_population_trains_on_cupy_as_on_numpy():
         log = train_population(pop, [make_optimizer(n, lr=lr) for _ in range(2) for n, lr in specs], data[0], data[1],
                                {"test": (data[2], data[3])}, iterations=30, eval_every=10, batch_size=128,
                                group_seeds=[0, 1], sync=device.sync)
-        runs[kind] = (log, cupy_or_numpy(pop.rows))
+        runs[kind] = (log, to_numpy(pop.rows))
     (cpu, w_cpu), (gpu, w_gpu) = runs["cpu"], runs["gpu"]
     np.testing.assert_array_equal(cpu.diverged_at, gpu.diverged_at)
     assert cpu.diverged_at[2] > 0 and cpu.diverged_at[5] > 0
@@ -183,8 +184,3 @@ def test_a_population_trains_on_cupy_as_on_numpy():
     np.testing.assert_allclose(gpu.losses[finite], cpu.losses[finite], rtol=1e-4)
     np.testing.assert_allclose(w_gpu[finite], w_cpu[finite], rtol=1e-3, atol=1e-5)
 
-
-def cupy_or_numpy(a):
-    from optbench.backend import to_numpy
-
-    return to_numpy(a)
