@@ -166,7 +166,7 @@ def test_a_population_trains_on_cupy_as_on_numpy():
 
     rng = np.random.default_rng(0)
     x, y = rng.random((2000, 784), dtype=np.float32), rng.integers(0, 10, 2000)
-    specs = [("adam", 1e-3), ("momentum", 0.01), ("sgd", 1e5)]
+    specs = [("adam", 1e-3), ("momentum", 0.01), ("sgd", 1e7)]
     runs = {}
     for kind in ("cpu", "gpu"):
         device = select_device(kind)
