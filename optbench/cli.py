@@ -363,7 +363,8 @@ def bench_command(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per repeat.")] = 50,
     out: OutOption = Path("results"),
 ) -> None:
-    """Time one training step (and the update alone) beside PyTorch and the machine's bounds."""
+    """Time one training step (and the update alone), and populations of nets trained together,
+    beside PyTorch and the machine's GEMM peak."""
     import pandas as pd
 
     from optbench import backend, bench
@@ -375,24 +376,41 @@ def bench_command(
     if quick:
         repeats, steps, pause = 3, 10, min(pause, 0.02)
     folder = prepare_dir(out / "bench")
-    total = len(bench.NETS) * len(bench.OPTIMIZERS)
+    total = len(bench.NETS) * len(bench.OPTIMIZERS) + len(bench.POPULATIONS) * len(bench.POPULATION_OPTIMIZERS)
     progress = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not err_console.is_terminal)
     with progress:
         task = progress.add_task("bench", total=total)
-        step_rows, update_rows, facts = bench.run_bench(chosen, repeats=repeats, steps=steps, pause=pause,
-                                                        progress=lambda: progress.advance(task))
-    steps_frame, updates_frame = pd.DataFrame(step_rows), pd.DataFrame(update_rows)
+        step_rows, update_rows, facts = bench.run_bench(
+            chosen, repeats=repeats, steps=steps, pause=pause, nets=bench.NETS, optimizers=bench.OPTIMIZERS,
+            populations=bench.POPULATIONS, population_optimizers=bench.POPULATION_OPTIMIZERS,
+            progress=lambda: progress.advance(task))
+    rows = pd.DataFrame(step_rows)
+    kind = rows["kind"] if len(rows) else pd.Series(dtype=str)
+    steps_frame, population_frame = rows[kind == "step"], rows[kind == "population"]
+    updates_frame = pd.DataFrame(update_rows)
     machine = {**chosen.facts, **facts, "repeats": repeats, "steps": steps}
-    written = [write_csv(steps_frame, folder / "steps.csv"), write_csv(updates_frame, folder / "updates.csv"),
-               write_json(machine, folder / "machine.json")]
-    console.print(tables.bench_steps(steps_frame, f"Training step on {chosen.name} ({chosen.facts.get('device_name')}), "
-                                                  f"{chosen.facts.get('blas', '')} {chosen.facts.get('blas_threads', '?')} threads; median of {repeats} × {steps} steps"))
-    console.print(tables.bench_updates(updates_frame, f"Update alone (bandwidth {facts['bandwidth_gb_per_s']:.1f} GB/s)"))
+    # Each file keeps the columns its rows have (the population rows have no GEMMs-alone time).
+    written = [write_csv(steps_frame.dropna(axis=1, how="all"), folder / "steps.csv"),
+               write_csv(population_frame.dropna(axis=1, how="all"), folder / "population.csv"),
+               write_csv(updates_frame, folder / "updates.csv"), write_json(machine, folder / "machine.json")]
+    about = (f"{chosen.name} ({chosen.facts.get('device_name')}), {chosen.facts.get('blas', '')} "
+             f"{chosen.facts.get('blas_threads', '?')} threads; median of {repeats} × {steps} steps")
+    if len(steps_frame):
+        console.print(tables.bench_steps(steps_frame, escape(f"Training step on {about}")))
+    for (net, layers, batch), group in population_frame.groupby(["net", "layers", "batch"], sort=False):
+        console.print(tables.bench_population(group, escape(
+            f"Populations: K members of the {net} net {layers} sharing one batch of {batch} "
+            f"(samples/s count K × batch; vs torch: torch's K nets stacked), {about}")))
+    if len(updates_frame):
+        console.print(tables.bench_updates(updates_frame, f"Update alone (DRAM bandwidth {facts['bandwidth_gb_per_s']:.1f} GB/s)"))
+    console.print(escape(f"GEMM peak {facts['gemm_peak_gflops']:.1f} GFLOP/s, from {facts['gemm_peak_source']}"),
+                  style="dim", highlight=False)
     for case, reason in facts.get("cuda_graph_failures", {}).items():
         console.print(f"[yellow]no CUDA-graph row for {case}: {escape(reason)}[/]")
     if not facts["torch"]:
-        console.print("[yellow]torch is not importable: no PyTorch columns (pip install 'optbench[bench]')[/]")
+        console.print(escape("torch is not importable: no PyTorch columns (pip install 'optbench[bench]')"),
+                      style="yellow", highlight=False)
     console.print(f"[dim]wrote {escape(', '.join(str(p) for p in written))}[/]")
 
 

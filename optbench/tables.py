@@ -188,20 +188,42 @@ def baseline_changes(changed: pd.DataFrame, title: str) -> Table:
 
 def bench_steps(frame: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
-    for name in ("net", "batch", "optimizer", "impl", "ms/step", "q1–q3", "samples/s", "vs torch", "of bound"):
+    for name in ("net", "batch", "optimizer", "impl", "ms/step", "q1–q3", "samples/s", "vs torch", "of GEMM peak"):
         table.add_column(name, justify="left" if name in ("net", "optimizer", "impl") else "right", no_wrap=True)
     for row in frame.itertuples():
-        table.add_row(row.net, str(row.batch), row.optimizer, row.impl, f"{row.ms_per_step:.3f}",
-                      f"{row.ms_q1:.3f}–{row.ms_q3:.3f}", _thousands(row.samples_per_s),
-                      "—" if pd.isna(row.vs_torch) else f"{row.vs_torch:.2f}×", f"{100 * row.of_bound:.0f} %")
+        table.add_row(escape(row.net), str(row.batch), escape(row.optimizer), escape(row.impl), f"{row.ms_per_step:.3f}",
+                      f"{row.ms_q1:.3f}–{row.ms_q3:.3f}", _thousands(row.samples_per_s), _ratio(row.vs_torch),
+                      f"{100 * row.of_bound:.0f} %")
     return table
+
+
+def bench_population(frame: pd.DataFrame, title: str) -> Table:
+    """Population rows of one net and batch (the title names them): ours, torch's stacked nets
+    and our single model, samples/s counting K × batch, and the ratios to torch stacked and to
+    our single model."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("K", "optimizer", "impl", "ms/step", "q1–q3", "samples/s", "vs torch", "vs single", "of GEMM peak"):
+        table.add_column(name, justify="left" if name in ("optimizer", "impl") else "right", no_wrap=True)
+    for row in frame.itertuples():
+        table.add_row(str(row.members), escape(row.optimizer), escape(row.impl), _ms(row.ms_per_step),
+                      f"{_ms(row.ms_q1)}–{_ms(row.ms_q3)}", _thousands(row.samples_per_s), _ratio(row.vs_torch),
+                      _ratio(row.vs_single), f"{100 * row.of_bound:.0f} %")
+    return table
+
+
+def _ms(value: float) -> str:
+    return f"{value:.{2 if value >= 1 else 3}f}"
+
+
+def _ratio(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.2f}×"
 
 
 def bench_updates(frame: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
-    for name in ("net", "params", "optimizer", "impl", "µs/update", "bound µs", "GB/s"):
+    for name in ("net", "params", "optimizer", "impl", "µs/update", "at DRAM bw µs", "GB/s"):
         table.add_column(name, justify="left" if name in ("net", "optimizer", "impl") else "right", no_wrap=True)
     for row in frame.itertuples():
-        table.add_row(row.net, f"{row.params:,}", row.optimizer, row.impl, f"{row.us_per_update:.1f}",
-                      f"{row.bound_us:.1f}", f"{row.gb_per_s:.1f}")
+        table.add_row(escape(row.net), f"{row.params:,}", escape(row.optimizer), escape(row.impl), f"{row.us_per_update:.1f}",
+                      f"{row.dram_us:.1f}", f"{row.gb_per_s:.1f}")
     return table
