@@ -48,7 +48,7 @@ def usable(p, g, lr) -> bool:
 
 if njit is not None:
 
-    @njit(parallel=True, cache=False)
+    @njit(parallel=True, cache=True)
     def _sgd(p, g, buf, wd, momentum, one_minus_dampening, dampened, nesterov, first, lr):
         for i in prange(p.size):
             gi = g[i]
@@ -64,7 +64,7 @@ if njit is not None:
                 gi = b * momentum + gi if nesterov else b
             p[i] = p[i] - gi * lr
 
-    @njit(parallel=True, cache=False)
+    @njit(parallel=True, cache=True)
     def _adam(p, g, m, v, vmax, decay_factor, decoupled, wd, w, small, one_minus_w, b2, one_minus_b2, amsgrad,
               bc2_sqrt, eps, neg_step_size):
         for i in prange(p.size):
@@ -87,7 +87,7 @@ if njit is not None:
             denom = math.sqrt(second) / bc2_sqrt + eps
             p[i] = pi + (mi * neg_step_size) / denom
 
-    @njit(parallel=True, cache=False)
+    @njit(parallel=True, cache=True)
     def _rmsprop(p, g, square_avg, grad_avg, buf, wd, alpha, one_minus_alpha, centered, w, small, one_minus_w,
                  eps, momentum, lr, neg_lr):
         for i in prange(p.size):
