@@ -40,6 +40,8 @@ figures: install
 	$(BIN)/optbench mnist --compare all --name readme --out results --quiet
 	cp results/mnist/readme/loss.png docs/img/mnist_loss.png
 	cp results/mnist/readme/accuracy.png docs/img/mnist_accuracy.png
+	$(BIN)/optbench mnist --compare all --seeds 5 --name readme-seeds --out results --quiet
+	cp results/mnist/readme-seeds/accuracy.png docs/img/mnist_seeds_accuracy.png
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
