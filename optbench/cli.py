@@ -210,9 +210,12 @@ def mnist_command(
         result = plan.run(reporter, device=chosen)
     try:
         written = result.write(folder, plot=plot)
-    except KeyboardInterrupt:  # a second Ctrl-C: the CSVs and manifest are written first, whole
+    except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says what happened
+        from optbench.results import write_json
+
         written = []
         result.manifest["status"] = "interrupted"
+        write_json(result.manifest, folder / "manifest.json")
     if not quiet and written:
         _print_mnist_result(result, f"{dataset}, {'-'.join(map(str, problem.sizes))}, batch {batch_size}, {chosen.name}")
         console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")

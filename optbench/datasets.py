@@ -27,7 +27,7 @@ import numpy as np
 from optbench.errors import OptbenchError
 
 PARTS = ("train_images", "train_labels", "test_images", "test_labels")
-TRAIN_IMAGES = 60_000  # in MNIST and in Fashion-MNIST alike
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # in MNIST and in Fashion-MNIST alike
 _FILENAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

@@ -89,6 +89,10 @@ class MnistProblem:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise OptbenchError(f"invalid --{name.replace('_', '-')} {value} (must be >= 1)")
+        if self.train_size is not None and self.train_size > datasets.TRAIN_IMAGES:
+            raise OptbenchError(f"--train-size {self.train_size}: {self.dataset} has {datasets.TRAIN_IMAGES:,} training images")
+        if self.test_size is not None and self.test_size > datasets.TEST_IMAGES:
+            raise OptbenchError(f"--test-size {self.test_size}: {self.dataset} has {datasets.TEST_IMAGES:,} test images")
         train = self.train_size or datasets.TRAIN_IMAGES
         if self.validation is not None and self.validation >= train:
             raise OptbenchError(f"--validation {self.validation} leaves no training images (the training set has {train})")
@@ -193,7 +197,19 @@ class Experiment:
         if self.tune and self.lrs:
             raise OptbenchError("--tune chooses the lr itself: give --tune or --lr, not both")
         self.problem.check()
+        if self.tune:
+            train = self.problem.train_size or datasets.TRAIN_IMAGES
+            if self.problem.validation is None and TUNE_VALIDATION >= train:
+                raise OptbenchError(f"--tune holds out {TUNE_VALIDATION:,} training images for validation, and only {train} are used:"
+                                    " pass a smaller --validation N")
+            self.tuned_problem().check()
         self.members()
+
+    def tuned_problem(self) -> MnistProblem:
+        """The problem as trained: with --tune, a validation split of TUNE_VALIDATION unless set."""
+        if self.tune and self.problem.validation is None:
+            return MnistProblem(**{**asdict(self.problem), "validation": TUNE_VALIDATION})
+        return self.problem
 
     def selected(self) -> list[tuple[str, type, dict]]:
         """(label, class, typed hyperparameters) per optimizer, in order."""
@@ -244,28 +260,29 @@ class Experiment:
             raise OptbenchError(f"--cuda-graph needs the GPU (--device gpu; this run is on {device.name})")
         reporter = reporter or Reporter()
         started = dt.datetime.now().isoformat(timespec="seconds")
-        problem = self.problem
-        if self.tune and problem.validation is None:
-            problem = MnistProblem(**{**asdict(problem), "validation": TUNE_VALIDATION})
-            problem.check()
+        problem = self.tuned_problem()
         splits = split_data(problem, data if data is not None else load_data(problem, device, reporter))
         run = _Run(self, problem, device, reporter, started, adjust_weights)
         try:
             if self.tune:
                 first = self.members(self.tuning_lrs(), seeds=[self.seed])
                 reporter.phase(f"tuning: {len(first)} members on the validation split")
-                tuned = run.train(first, splits, {"val": splits["val"]}, phase="tune")
-                run.tuning = choose_lrs(tuned, first)
+                run.train(first, splits, {"val": splits["val"]}, phase="tune")
+                run.tuning = choose_lrs(run.tuned)
                 best = {row.optimizer: [row.lr] for row in run.tuning[run.tuning["chosen"]].itertuples()}
+                for label in dict.fromkeys(run.tuning["optimizer"]):
+                    if label not in best:
+                        reporter.warn(f"{label}: every lr of the tuning grid diverged; it is left out of the final runs")
                 if not run.interrupted and best:
-                    final = self.members(best)
-                    final = [m for m in final if m.optimizer in best]
+                    final = [m for m in self.members(best) if m.optimizer in best]
                     reporter.phase(f"chosen lrs over {self.seeds} seed(s): {len(final)} members")
                     run.train(final, splits, _eval_sets(splits))
             else:
                 run.train(self.members(), splits, _eval_sets(splits))
         except KeyboardInterrupt:
             run.interrupted = True
+            if self.tune and run.tuning is None and run.tuned:
+                run.tuning = choose_lrs(run.tuned)  # what the grid had trained when Ctrl-C came
         return run.results()
 
 
@@ -325,7 +342,8 @@ def memory_budget(device: Device) -> int:
     """Bytes a population may take: a fraction of the GPU's free memory or the machine's RAM."""
     if device.name == "gpu":
         free, _ = device.xp.cuda.Device().mem_info
-        return int(free * MEMORY_FRACTION)
+        cached = device.xp.get_default_memory_pool().free_bytes()  # held by CuPy's pool, reusable
+        return int((free + cached) * MEMORY_FRACTION)
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * MEMORY_FRACTION)
     except (ValueError, OSError, AttributeError):
@@ -341,6 +359,8 @@ class _Run:
         self.adjust_weights = adjust_weights
         self.started = started
         self.trained: list[tuple[list[Member], PopulationLog, int]] = []  # the final phase's populations
+        self.tuned: list[tuple[list[Member], PopulationLog]] = []  # the tuning phase's
+        self.planned: list[Member] = []  # every member of the final phase, trained or not
         self.tuning: pd.DataFrame | None = None
         self.chunks: list[dict] = []
         self.interrupted = False
@@ -349,25 +369,28 @@ class _Run:
         fits = max(1, memory_budget(self.device) // member_bytes(self.problem))
         return min(fits, self.experiment.max_population or fits)
 
-    def train(self, members: list[Member], splits, eval_sets, phase: str = "final") -> list[tuple[list[Member], PopulationLog]]:
+    def train(self, members: list[Member], splits, eval_sets, phase: str = "final") -> None:
+        """Train `members` in chunks that fit; each finished chunk is recorded at once, so that
+        Ctrl-C anywhere keeps it."""
         size = self.chunk_size()
         chunks = [members[i : i + size] for i in range(0, len(members), size)]
+        reason = "none" if len(chunks) == 1 else "--max-population" if self.experiment.max_population == size else "memory"
         x_train, y_train = splits["train"]
         per_epoch = len(x_train) // self.problem.batch_size
-        done = []
+        if phase == "final":
+            self.planned = list(members)
         for index, chunk in enumerate(chunks):
             if self.interrupted:
                 break
             log = self._train_chunk(chunk, x_train, y_train, eval_sets, index, len(chunks))
-            self.chunks.append({"phase": phase, "members": len(chunk), "limit": size,
-                                "reason": "--max-population" if self.experiment.max_population == size else "memory"})
-            done.append((chunk, log))
+            self.chunks.append({"phase": phase, "members": len(chunk), "limit": size, "reason": reason})
             if phase == "final":
                 self.trained.append((chunk, log, per_epoch))
                 self.reporter.written(self.results(status="running"))
+            else:
+                self.tuned.append((chunk, log))
             if log.interrupted:
                 self.interrupted = True
-        return done
 
     def _train_chunk(self, chunk: list[Member], x_train, y_train, eval_sets, index: int, count: int) -> PopulationLog:
         p = self.problem
@@ -393,7 +416,12 @@ class _Run:
                   for members, log, per_epoch in self.trained]
         curves = _concat([f[0] for f in frames], CURVE_COLUMNS)
         epochs = _concat([f[1] for f in frames], EPOCH_COLUMNS)
-        summary = sort_summary(_concat([f[2] for f in frames], SUMMARY_COLUMNS))
+        trained = {id(m) for members, _, _ in self.trained for m in members}
+        # Members an interruption kept from starting: in the tables, marked, with no numbers.
+        unstarted = pd.DataFrame([{"optimizer": m.optimizer, "device": device, "lr": m.lr, "seed": m.seed, "epochs": 0.0,
+                                   "diverged": False, "status": "interrupted"}
+                                  for m in self.planned if id(m) not in trained], columns=SUMMARY_COLUMNS)
+        summary = sort_summary(_concat([f[2] for f in frames] + [unstarted], SUMMARY_COLUMNS))
         if status is None:
             status = "interrupted" if self.interrupted or (summary["status"] == "interrupted").any() else "finished"
         return Results(summary, spread.aggregate(summary), curves, epochs, self.tuning, self.manifest(summary, status))
@@ -465,7 +493,7 @@ def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["diverged", "best_test_acc"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
-def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]], members: list[Member]) -> pd.DataFrame:
+def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:
     """The tuning grid as tuning.csv rows, with each optimizer's chosen lr: the highest final
     validation accuracy, then the lower final validation loss, then the smaller lr; members
     that diverged are never chosen."""

@@ -150,6 +150,8 @@ class Population:
                 self.running[f"mean{i}"] = xp.zeros((self.k, self.sizes[i + 1]), dtype=self.dtype)
                 self.running[f"var{i}"] = xp.ones((self.k, self.sizes[i + 1]), dtype=self.dtype)
         self._dropout_rngs = [self._new_dropout_rng(seed) for seed in self.seeds]
+        # Each member's input group, on the device once: no transfer inside a step (or a CUDA graph).
+        self._group_index = xp.asarray(np.concatenate([np.full(s.stop - s.start, g) for g, s in enumerate(self.group_slices)]))
 
     @property
     def n_layers(self) -> int:
@@ -162,9 +164,11 @@ class Population:
     def _new_dropout_rng(self, seed: int):
         # Masks are drawn where the activations live: a host draw would copy to the GPU, and
         # wait for it, on every step. CPU and GPU masks therefore differ (their weights do not).
+        # A stream of its own: default_rng(seed + 1) would be the next seed's initial weights.
+        stream = np.random.SeedSequence([seed, 1])
         if self.xp is np:
-            return np.random.default_rng(seed + 1)
-        rng = self.xp.random.RandomState(seed + 1)
+            return np.random.default_rng(stream)
+        rng = self.xp.random.RandomState(int(stream.generate_state(1)[0]))
         rng.random_sample(1, dtype=self.dtype)  # cuRAND sets its state up on the first draw: not in a timed step
         return rng
 
@@ -279,7 +283,12 @@ class Population:
 
         `x` (G, n, d) and `labels` (G, n) per input group; returns the losses, (K,).
         """
-        member_labels = labels if labels.shape[0] == self.k else labels[self._member_groups()]
+        if labels.shape[0] == self.k:
+            member_labels = labels
+        elif labels.shape[0] == 1:
+            member_labels = self.xp.broadcast_to(labels, (self.k, labels.shape[1]))
+        else:
+            member_labels = labels[self._group_index]
         loss, dlogits = softmax_cross_entropy(self.forward_stack(x), member_labels)
         self.backward_stack(dlogits)
         if weight_decay:
@@ -292,10 +301,6 @@ class Population:
 
     # A population's own shapes are the stacked ones; `MLP` gives the single model's.
     forward, backward, loss_and_grads = forward_stack, backward_stack, losses_and_grads
-
-    def _member_groups(self):
-        index = np.concatenate([np.full(s.stop - s.start, g) for g, s in enumerate(self.group_slices)])
-        return self.xp.asarray(index)
 
     def snapshot(self):
         """Everything training changes besides the optimizer state: weights, running

@@ -28,7 +28,7 @@ def default_run_name(dataset: str, device: str) -> str:
 
 def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]:
     """Write (or rewrite, as populations finish) every file of a run folder, each atomically;
-    the manifest last, so that it never names files that are not there yet."""
+    the manifest last, so that its status is only as final as the files before it."""
     folder = results.prepare_dir(folder)
     written = [
         results.write_csv(result.curves, folder / "curves.csv"),
@@ -38,13 +38,16 @@ def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]
     ]
     if result.tuning is not None:
         written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
-    written.append(results.write_json(result.manifest, folder / "manifest.json"))
     if plot and len(result.summary):
         written += draw_run_plots(folder, result.curves, result.epochs, result.summary)
+    written.append(results.write_json(result.manifest, folder / "manifest.json"))
     return written
 
 
 def draw_run_plots(folder: Path, curves: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
+    """loss.png, accuracy.png and time.png; none when no member trained."""
+    if not len(curves) or not len(summary):
+        return []
     from optbench import plots
 
     return [

@@ -5,8 +5,8 @@ Knows nothing of the terminal: progress goes to optional callbacks, results come
 
 Every member has its own optimizer and state and updates its own row of the parameter buffer.
 A member whose loss turns non-finite is frozen at once: from that step on its rows no longer
-change and it is not evaluated; the others train exactly as if it were not there (their
-products and updates never read its rows). A population of one is the single model: `train`.
+change and its evaluations are recorded as NaN; the others train exactly as if it were not
+there (their products and updates never read its rows). A population of one is the single model: `train`.
 
 Timing covers the training steps only (forward, backward, update), not evaluation, logging or
 I/O, and starts after a few warm-up steps on a throwaway copy of the state. On a GPU, `sync`
@@ -49,7 +49,7 @@ class PopulationLog:
 
     `losses[k, i]` is member k's train loss at iteration i + 1 (NaN where it did not train);
     `diverged_at[k]` the iteration whose loss was non-finite (0: never); `evaluations` one dict
-    per evaluation with per-member arrays (NaN for members not evaluated).
+    per evaluation with per-member arrays (NaN for frozen members).
     """
 
     losses: np.ndarray
@@ -96,7 +96,7 @@ def train_population(
     iterations: int | None = None,
     eval_every: int | None = None,
     batch_size: int = 128,
-    group_seeds: Sequence[int] = (0,),
+    group_seeds: Sequence[int] | None = None,
     shuffle: bool = True,
     weight_decay: float = 0.0,
     sync: Callable[[], None] = lambda: None,
@@ -106,13 +106,16 @@ def train_population(
 ) -> PopulationLog:
     """Train every member of `pop` in place with its optimizer (`optimizers[k]` for row k).
 
-    Input group g draws its batches from seed `group_seeds[g]`. Evaluates on each of
+    Input group g draws its batches from seed `group_seeds[g]` (default: the seed of its
+    members' initial weights, as an experiment pairs them). Evaluates on each of
     `eval_sets` ({"test": (x, y), "val": ...}) at each epoch end, or every `eval_every` steps,
     and after the last step. The last partial batch of an epoch is dropped. Ctrl-C stops the
     run and marks it interrupted; what was logged is kept.
     `cuda_graph` replays each step's gather, forward and backward as one CUDA graph (`graphs`).
     """
     xp = get_array_module(pop.rows)
+    if group_seeds is None:
+        group_seeds = [pop.seeds[s.start] for s in pop.group_slices]
     if len(optimizers) != pop.k or len(group_seeds) != pop.n_groups:
         raise ValueError("one optimizer per member and one seed per input group")
     per_epoch = len(x_train) // batch_size

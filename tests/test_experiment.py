@@ -134,11 +134,56 @@ def test_seeds_differ_and_the_same_seed_reproduces(data):
 
 
 def test_max_population_splits_the_run_and_changes_no_number(data):
-    whole = Experiment(optimizers=["adam", "sgd", "adamax"], problem=SMALL).run(data=data)
-    split = Experiment(optimizers=["adam", "sgd", "adamax"], problem=SMALL, max_population=2).run(data=data)
-    assert [c["members"] for c in split.manifest["populations"]] == [2, 1]
-    assert [c["members"] for c in whole.manifest["populations"]] == [3]
+    # 3 optimizers x 2 seeds in chunks of 4: the second seed's group is cut across two chunks.
+    plan = dict(optimizers=["adam", "sgd", "adamax"], seeds=2, problem=SMALL)
+    whole = Experiment(**plan).run(data=data)
+    split = Experiment(**plan, max_population=4).run(data=data)
+    assert [(c["members"], c["reason"]) for c in split.manifest["populations"]] == [(4, "--max-population"), (2, "--max-population")]
+    assert [(c["members"], c["reason"]) for c in whole.manifest["populations"]] == [(6, "none")]
+    timing = ["epoch_seconds", "samples_per_s", "mean_epoch_seconds"]
     pd.testing.assert_frame_equal(whole.curves, split.curves)
+    pd.testing.assert_frame_equal(whole.epochs.drop(columns=timing[:2]), split.epochs.drop(columns=timing[:2]))
+    pd.testing.assert_frame_equal(whole.summary.drop(columns=timing[1:]), split.summary.drop(columns=timing[1:]))
+
+
+def test_ctrl_c_between_populations_keeps_every_member_marked(data, monkeypatch):
+    import optbench.experiment as experiment
+
+    real = experiment.train_population
+    calls = []
+
+    def second_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # in the second population's warm-up, outside the training loop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_population", second_interrupted)
+    result = Experiment(optimizers=["adam", "sgd"], seeds=2, problem=SMALL, max_population=2).run(data=data)
+    assert result.status == "interrupted"
+    status = result.summary.set_index(["optimizer", "seed"])["status"]
+    assert status[("adam", 0)] == status[("sgd", 0)] == "finished"
+    assert status[("adam", 1)] == status[("sgd", 1)] == "interrupted"  # never started, still listed
+    assert np.isnan(result.summary.set_index(["optimizer", "seed"]).loc[("adam", 1), "final_test_acc"])
+    assert result.aggregate.set_index("optimizer").loc["adam", "status"] == "1 interrupted"
+
+
+def test_ctrl_c_while_tuning_keeps_the_grid_trained_so_far(data, monkeypatch):
+    import optbench.experiment as experiment
+
+    real = experiment.train_population
+    calls = []
+
+    def second_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_population", second_interrupted)
+    problem = MnistProblem(hidden=(16,), batch_size=64, iterations=20, validation=500)
+    result = Experiment(optimizers=["adam"], tune=True, problem=problem, max_population=4).run(data=data)
+    assert result.status == "interrupted" and len(result.tuning) == 4  # the first chunk of the 7-lr grid
 
 
 def test_torch_init_is_pytorch_linear_default():
@@ -157,11 +202,9 @@ def test_torch_init_is_pytorch_linear_default():
 
 def test_no_shuffle_trains_on_the_data_sets_order(data):
     x, y = data[0], data[1]
-    net = MLP((784, 16, 10))
-    start = net.params.copy()
+    net = MLP((784, 16, 10))  # the same initial weights as the population's member (seed 0)
     pop = Population((784, 16, 10), [0])
     log = train_population(pop, [make_optimizer("sgd")], x, y, {}, iterations=2, batch_size=64, shuffle=False)
-    net.params[...] = start
     first = float(net.loss_and_grads(x[:64], y[:64]))  # the first 64 images, in order
     assert log.losses[0, 0] == first
     assert np.array_equal(batch_order(10, 3, 7, shuffle=False), np.arange(10))
@@ -191,6 +234,9 @@ def invoke(*args):
         (["--max-population", "0"], "--max-population"),
         (["--tune", "--lr", "0.1"], "--tune or --lr"),
         (["--init", "kaiming"], "he, xavier, std, torch"),
+        (["--tune", "--train-size", "5000"], "pass a smaller --validation N"),
+        (["--train-size", "70000"], "60,000 training images"),
+        (["--test-size", "10001"], "10,000 test images"),
     ],
 )
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, args, fragment):

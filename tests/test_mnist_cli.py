@@ -103,6 +103,17 @@ def test_report_combines_cpu_and_gpu_runs_written_before_populations(tmp_path):
     assert devices["gpu_speedup"].tolist() == [8.0, 8.0]
 
 
+def test_report_of_a_run_interrupted_before_any_member_trained(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for name, columns in (("curves", experiment.CURVE_COLUMNS), ("epochs", experiment.EPOCH_COLUMNS), ("summary", experiment.SUMMARY_COLUMNS)):
+        pd.DataFrame(columns=columns).to_csv(folder / f"{name}.csv", index=False)
+    (folder / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
+    result = invoke("report", folder)
+    assert result.exit_code == 0, result.output
+    assert "partial" in result.output and not (folder / "loss.png").exists()
+
+
 def test_report_names_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("report", tmp_path)
     assert result.exit_code == 2 and "not an optbench mnist run folder" in result.output
@@ -181,7 +192,10 @@ def test_interrupt_between_populations_is_marked_too(tmp_path, mnist_available, 
     folder = tmp_path / "mnist" / "cut2"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["populations"][0]["members"] == 1
-    assert pd.read_csv(folder / "summary.csv")["optimizer"].tolist() == ["adam"]
+    summary = pd.read_csv(folder / "summary.csv").set_index("optimizer")
+    # The second member never started: listed, marked interrupted, with no numbers.
+    assert summary.loc["adam", "status"] == "finished" and summary.loc["sgd", "status"] == "interrupted"
+    assert np.isnan(summary.loc["sgd", "final_test_acc"])
 
 
 def test_a_plain_optimizer_class_uses_its_own_default_lr(tmp_path, mnist_available, monkeypatch):
