@@ -182,30 +182,43 @@ class Population:
         """Logits (k, n, C) of the members in `members` (a contiguous range, all by default).
 
         `x` is (G, n, d): the input batch of each group. With G = 1 every member reads x[0]
-        (evaluation). Caches what backward needs when training.
+        (evaluation). Keeps what `backward_stack` needs when training.
         """
+        logits, self._cache = self._forward(x, members)
+        return logits
+
+    def _input_rows(self, x, start: int, stop: int) -> list[tuple[int, slice]]:
+        """(input group, member rows relative to `start`) for the members start..stop."""
+        if x.shape[0] == 1:
+            return [(0, slice(0, stop - start))]
+        rows = []
+        for g, s in enumerate(self.group_slices):
+            first, last = max(s.start, start), min(s.stop, stop)
+            if first < last:
+                rows.append((g, slice(first - start, last - start)))
+        return rows
+
+    def _forward(self, x, members: slice):
+        """Logits of a range of members and the cache of its backward pass (local, so that
+        separate ranges may run at once on separate threads)."""
         xp = self.xp
         start, stop, _ = members.indices(self.k)
-        self._cache = []
-        slices = [slice(0, stop - start)] if x.shape[0] == 1 else [
-            slice(s.start - start, s.stop - start) for s in self.group_slices
-        ]
-        W0 = self._p["W0"][start:stop]
+        p = {name: view[start:stop] for name, view in self._p.items()}
+        cache = {"layers": [], "members": (start, stop), "rows": self._input_rows(x, start, stop)}
         h = xp.empty((stop - start, x.shape[1], self.sizes[1]), dtype=self.dtype)
-        for g, rows in enumerate(slices):
-            xp.matmul(x[0 if x.shape[0] == 1 else g], W0[rows], out=h[rows])  # one shared input, no copies
+        for g, rows in cache["rows"]:
+            xp.matmul(x[g], p["W0"][rows], out=h[rows])  # one shared input per group, no copies
         for i in range(self.n_layers):
             if i == 0:
                 z = h
-                z += self._p["b0"][start:stop, None, :]
+                z += p["b0"][:, None, :]
             else:
-                z = xp.matmul(h, self._p[f"W{i}"][start:stop])
-                z += self._p[f"b{i}"][start:stop, None, :]
+                z = xp.matmul(h, p[f"W{i}"])
+                z += p[f"b{i}"][:, None, :]
             layer = {"input": x if i == 0 else h}
+            cache["layers"].append(layer)
             if i == self.n_layers - 1:
-                self._cache.append(layer)
-                self._members, self._slices = (start, stop), slices
-                return z
+                return z, cache
             if self.batchnorm:
                 z = self._batchnorm_forward(i, z, layer, start, stop)
             if self.activation == "relu":
@@ -220,7 +233,6 @@ class Population:
                 mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
                 layer["mask"] = mask
                 a = a * mask
-            self._cache.append(layer)
             h = a
         raise AssertionError("unreachable")
 
@@ -242,12 +254,17 @@ class Population:
         layer["z_hat"], layer["inv_std"] = z_hat, inv_std
         return z_hat * self._p[f"gamma{i}"][start:stop, None, :] + self._p[f"beta{i}"][start:stop, None, :]
 
-    def backward_stack(self, dlogits) -> None:
-        """Fill `grads` from d loss / d logits (K, n, C) of the last forward pass (all members)."""
+    def backward_stack(self, dlogits, cache=None) -> None:
+        """Fill `grads` from d loss / d logits (k, n, C) of a forward pass: the last
+        `forward_stack`'s by default, else that of `cache` (from `_forward`)."""
         xp = self.xp
+        cache = cache or self._cache
+        start, stop = cache["members"]
+        p = {name: view[start:stop] for name, view in self._p.items()}
+        g = {name: view[start:stop] for name, view in self._g.items()}
         delta = dlogits
         for i in reversed(range(self.n_layers)):
-            layer = self._cache[i]
+            layer = cache["layers"][i]
             if i < self.n_layers - 1:
                 if "mask" in layer:
                     delta = delta * layer["mask"]
@@ -258,45 +275,48 @@ class Population:
                 else:
                     delta = delta * (1 - layer["a"] * layer["a"])
                 if self.batchnorm:
-                    delta = self._batchnorm_backward(i, delta, layer)
+                    delta = self._batchnorm_backward(i, delta, layer, p, g)
             # Straight into the gradient buffer: no temporary, no copy.
             if i == 0:
                 x = layer["input"]
-                for g, rows in enumerate(self._slices):
-                    xp.matmul(x[0 if x.shape[0] == 1 else g].T, delta[rows], out=self._g["W0"][rows])
+                for group, rows in cache["rows"]:
+                    xp.matmul(x[group].T, delta[rows], out=g["W0"][rows])
             else:
-                xp.matmul(layer["input"].transpose(0, 2, 1), delta, out=self._g[f"W{i}"])
-            delta.sum(axis=1, out=self._g[f"b{i}"])
+                xp.matmul(layer["input"].transpose(0, 2, 1), delta, out=g[f"W{i}"])
+            delta.sum(axis=1, out=g[f"b{i}"])
             if i > 0:
-                delta = xp.matmul(delta, self._p[f"W{i}"].transpose(0, 2, 1))
+                delta = xp.matmul(delta, p[f"W{i}"].transpose(0, 2, 1))
 
-    def _batchnorm_backward(self, i, delta, layer):
+    def _batchnorm_backward(self, i, delta, layer, p, g):
         z_hat, inv_std = layer["z_hat"], layer["inv_std"]
-        self._g[f"gamma{i}"][...] = (delta * z_hat).sum(axis=1)
-        self._g[f"beta{i}"][...] = delta.sum(axis=1)
-        dz_hat = delta * self._p[f"gamma{i}"][:, None, :]
+        g[f"gamma{i}"][...] = (delta * z_hat).sum(axis=1)
+        g[f"beta{i}"][...] = delta.sum(axis=1)
+        dz_hat = delta * p[f"gamma{i}"][:, None, :]
         # d/dz of (z - mean) / std over the batch, in closed form.
         return inv_std * (dz_hat - dz_hat.mean(axis=1, keepdims=True) - z_hat * (dz_hat * z_hat).mean(axis=1, keepdims=True))
 
-    def losses_and_grads(self, x, labels, weight_decay: float = 0.0):
-        """Forward, loss (plus 0.5 * wd * |W|^2 over the weights), backward, for every member.
+    def losses_and_grads(self, x, labels, weight_decay: float = 0.0, members: slice = slice(None)):
+        """Forward, loss (plus 0.5 * wd * |W|^2 over the weights), backward, for the members in
+        `members` (all by default; separate ranges may run on separate threads at once).
 
-        `x` (G, n, d) and `labels` (G, n) per input group; returns the losses, (K,).
+        `x` (G, n, d) and `labels` (G, n) per input group; returns the losses, (k,).
         """
+        start, stop, _ = members.indices(self.k)
         if labels.shape[0] == self.k:
-            member_labels = labels
+            member_labels = labels[start:stop]
         elif labels.shape[0] == 1:
-            member_labels = self.xp.broadcast_to(labels, (self.k, labels.shape[1]))
+            member_labels = self.xp.broadcast_to(labels, (stop - start, labels.shape[1]))
         else:
-            member_labels = labels[self._group_index]
-        loss, dlogits = softmax_cross_entropy(self.forward_stack(x), member_labels)
-        self.backward_stack(dlogits)
+            member_labels = labels[self._group_index[start:stop]]
+        logits, cache = self._forward(x, slice(start, stop))
+        loss, dlogits = softmax_cross_entropy(logits, member_labels)
+        self.backward_stack(dlogits, cache)
         if weight_decay:
             for i in range(self.n_layers):
-                W = self._p[f"W{i}"]
-                flat = W.reshape(self.k, -1)  # each member's sum in one pass, as a flat array sums
+                W = self._p[f"W{i}"][start:stop]
+                flat = W.reshape(stop - start, -1)  # each member's sum in one pass, as a flat array sums
                 loss = loss + 0.5 * weight_decay * (flat * flat).sum(axis=1)
-                self._g[f"W{i}"][...] += weight_decay * W
+                self._g[f"W{i}"][start:stop] += weight_decay * W
         return loss
 
     # A population's own shapes are the stacked ones; `MLP` gives the single model's.
