@@ -373,7 +373,10 @@ class _Run:
         """Train `members` in chunks that fit; each finished chunk is recorded at once, so that
         Ctrl-C anywhere keeps it."""
         size = self.chunk_size()
-        chunks = [members[i : i + size] for i in range(0, len(members), size)]
+        # Chunks of near-equal sizes: no population of one left over (it would keep two-thread
+        # BLAS, and so differ in the last bits from the rest; see `training.Shards`).
+        bounds = np.linspace(0, len(members), -(-len(members) // size) + 1).round().astype(int)
+        chunks = [members[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         reason = "none" if len(chunks) == 1 else "--max-population" if self.experiment.max_population == size else "memory"
         x_train, y_train = splits["train"]
         per_epoch = len(x_train) // self.problem.batch_size

@@ -16,6 +16,8 @@ everything else, and everything when Numba is missing, takes the ufunc path.
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -118,42 +120,58 @@ def _unused(p) -> np.ndarray:
     return np.empty(0, dtype=p.dtype)
 
 
-def _one_thread() -> None:
+_LAUNCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_thread():
+    """Run a kernel on the calling thread alone; launches from several threads at once (the
+    shards of a population) only where Numba's threading layer allows it: omp and tbb do,
+    workqueue does not, and before the first launch the layer is not chosen yet."""
     # `parallel=True` is what lets the loop vectorise (prange promises independent iterations);
     # running it on more than the calling thread only fights BLAS's threads, which spin between
     # matrix products: a training step became 8 ms instead of 0.5 with two threads.
     numba.set_num_threads(1)
+    try:
+        concurrent = numba.threading_layer() in ("omp", "tbb")
+    except ValueError:
+        concurrent = False
+    if concurrent:
+        yield
+    else:
+        with _LAUNCH_LOCK:
+            yield
 
 
 def sgd(opt, p, g, state, scalars: StepSize) -> None:
     """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD`'s rule in one pass."""
-    _one_thread()
     t = p.dtype.type
     first = state["momentum_buffer"] is None
     if opt.momentum != 0 and first:
         state["momentum_buffer"] = np.empty_like(p)
     buf = state["momentum_buffer"] if opt.momentum != 0 else _unused(p)
-    _sgd(p, g, buf, t(opt.weight_decay), t(opt.momentum), t(1 - opt.dampening), bool(opt.dampening), opt.nesterov,
-         first, t(scalars.lr))
+    with _one_thread():
+        _sgd(p, g, buf, t(opt.weight_decay), t(opt.momentum), t(1 - opt.dampening), bool(opt.dampening), opt.nesterov,
+             first, t(scalars.lr))
 
 
 def adam(opt, p, g, state, scalars: AdamScalars) -> None:
     """Adam, AMSGrad and AdamW: `optimizers.Adam`'s rule in one pass."""
-    _one_thread()
     t = p.dtype.type
     w = 1 - opt.beta1
     vmax = state["max_exp_avg_sq"] if opt.amsgrad else _unused(p)
-    _adam(p, g, state["exp_avg"], state["exp_avg_sq"], vmax, t(scalars.decay_factor),
-          opt.decoupled_weight_decay and opt.weight_decay != 0, t(opt.weight_decay), t(w), abs(w) < 0.5, t(1 - w),
-          t(opt.beta2), t(1 - opt.beta2), opt.amsgrad, t(scalars.bias_correction2_sqrt), t(opt.eps),
-          t(-scalars.step_size))
+    with _one_thread():
+        _adam(p, g, state["exp_avg"], state["exp_avg_sq"], vmax, t(scalars.decay_factor),
+              opt.decoupled_weight_decay and opt.weight_decay != 0, t(opt.weight_decay), t(w), abs(w) < 0.5, t(1 - w),
+              t(opt.beta2), t(1 - opt.beta2), opt.amsgrad, t(scalars.bias_correction2_sqrt), t(opt.eps),
+              t(-scalars.step_size))
 
 
 def rmsprop(opt, p, g, state, scalars: StepSize) -> None:
     """RMSprop, centered and with momentum: `optimizers.RMSprop`'s rule in one pass."""
-    _one_thread()
     t = p.dtype.type
     w = 1 - opt.alpha
-    _rmsprop(p, g, state["square_avg"], state.get("grad_avg", _unused(p)), state.get("momentum_buffer", _unused(p)), t(opt.weight_decay),
-             t(opt.alpha), t(1 - opt.alpha), opt.centered, t(w), abs(w) < 0.5, t(1 - w), t(opt.eps), t(opt.momentum),
-             t(scalars.lr), t(-scalars.lr))
+    with _one_thread():
+        _rmsprop(p, g, state["square_avg"], state.get("grad_avg", _unused(p)), state.get("momentum_buffer", _unused(p)),
+                 t(opt.weight_decay), t(opt.alpha), t(1 - opt.alpha), opt.centered, t(w), abs(w) < 0.5, t(1 - w),
+                 t(opt.eps), t(opt.momentum), t(scalars.lr), t(-scalars.lr))

@@ -187,6 +187,10 @@ class Population:
         logits, self._cache = self._forward(x, members)
         return logits
 
+    def logits(self, x, members: slice = slice(None)):
+        """`forward_stack` without keeping anything for backward: safe on several threads."""
+        return self._forward(x, members)[0]
+
     def _input_rows(self, x, start: int, stop: int) -> list[tuple[int, slice]]:
         """(input group, member rows relative to `start`) for the members start..stop."""
         if x.shape[0] == 1:

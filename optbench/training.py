@@ -16,12 +16,16 @@ it, and the losses are read back once per step (K values: the divergence check).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from optbench.backend import get_array_module, to_numpy
 from optbench.graphs import GraphedStep
@@ -62,24 +66,75 @@ class PopulationLog:
         return int(self.diverged_at[k]) or self.done
 
 
-def evaluate(pop: Population, x, y, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
+def shards_of(pop: Population) -> list[slice]:
+    """The member ranges that train at once on separate cores: on the CPU one per core (at
+    most one per member); a population of one, or one on the GPU, is a single shard."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = min(cores, pop.k) if pop.xp is np else 1
+    bounds = np.linspace(0, pop.k, count + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class Shards:
+    """Runs a function on every shard of a population at once, one thread each.
+
+    NumPy and BLAS release the GIL, so the shards' products and elementwise work run on their
+    own cores, and BLAS is held to one thread per shard while they do: two-thread BLAS on small
+    products spends more time handing work between its threads than computing, and its spinning
+    threads would fight the shards for the cores. One-thread and two-thread BLAS differ in the
+    last bits, so every population of two or more trains alike, bitwise, however it is sharded
+    or chunked; a population of one keeps the machine's BLAS threads.
+    """
+
+    def __init__(self, pop: Population):
+        self.slices = shards_of(pop)
+        self._pool = ThreadPoolExecutor(len(self.slices)) if len(self.slices) > 1 else None
+        self._limits = threadpool_limits(1, "blas") if self._pool else contextlib.nullcontext()
+
+    def __enter__(self) -> "Shards":
+        self._limits.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool:
+            self._pool.shutdown(wait=True)
+        self._limits.__exit__(*exc)
+
+    def map(self, fn) -> list:
+        """[fn(shard) for each shard], in order."""
+        if not self._pool:
+            return [fn(self.slices[0])]
+        return [f.result() for f in [self._pool.submit(fn, shard) for shard in self.slices]]
+
+
+def evaluate(pop: Population, x, y, batch_size: int = EVAL_BATCH, shards: Shards | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and accuracy of every member in eval mode (no dropout, batch-norm running
     statistics), as host arrays (K,). Members go in chunks and samples in batches of fixed
     sizes, so a member's numbers do not depend on the population around it."""
     xp = get_array_module(x)
     total_loss, correct = np.zeros(pop.k), np.zeros(pop.k, dtype=np.int64)
+
+    def evaluate_shard(shard: slice) -> None:
+        with np.errstate(all="ignore"):  # frozen members may hold non-finite weights (per thread)
+            _evaluate_members(shard)
+
+    def _evaluate_members(shard: slice) -> None:
+        for first in range(shard.start, shard.stop, EVAL_MEMBERS):
+            members = slice(first, min(shard.stop, first + EVAL_MEMBERS))
+            for start in range(0, len(x), batch_size):
+                logits = pop.logits(x[None, start : start + batch_size], members)
+                labels = y[start : start + batch_size]
+                stacked = xp.broadcast_to(labels, logits.shape[:2])
+                loss, _ = softmax_cross_entropy(logits, stacked)
+                total_loss[members] += to_numpy(loss).astype(np.float64) * len(labels)
+                correct[members] += to_numpy(xp.count_nonzero(logits.argmax(axis=-1) == labels, axis=1))
+
     training, pop.training = pop.training, False
     try:
-        with np.errstate(all="ignore"):  # frozen members may hold non-finite weights
-            for first in range(0, pop.k, EVAL_MEMBERS):
-                members = slice(first, min(pop.k, first + EVAL_MEMBERS))
-                for start in range(0, len(x), batch_size):
-                    logits = pop.forward_stack(x[None, start : start + batch_size], members)
-                    labels = y[start : start + batch_size]
-                    stacked = xp.broadcast_to(labels, logits.shape[:2])
-                    loss, _ = softmax_cross_entropy(logits, stacked)
-                    total_loss[members] += to_numpy(loss).astype(np.float64) * len(labels)
-                    correct[members] += to_numpy(xp.count_nonzero(logits.argmax(axis=-1) == labels, axis=1))
+        if shards is None:
+            evaluate_shard(slice(0, pop.k))
+        else:
+            shards.map(evaluate_shard)
     finally:
         pop.training = training
     return total_loss / len(x), correct / len(x)
@@ -130,15 +185,34 @@ def train_population(
         return xp.asarray(np.stack([batch_order(len(x_train), epoch + 1, s, shuffle) for s in group_seeds]))
 
     graphed = GraphedStep(pop, x_train, y_train, (pop.n_groups, batch_size), weight_decay) if cuda_graph else None
+    with Shards(pop) as shards:
+        return _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval,
+                      per_epoch, batch_size, weight_decay, sync, on_step, on_eval)
 
-    def gradients(index):
+
+def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval, per_epoch,
+           batch_size, weight_decay, sync, on_step, on_eval) -> PopulationLog:
+    active = np.ones(pop.k, dtype=bool)
+
+    def step(index, states, check: bool = True) -> np.ndarray:
+        """One step of every shard; returns the K losses. A member whose loss is non-finite
+        is not updated (`check`): the divergence check comes before any update."""
         if graphed:
-            return graphed(index)
-        return pop.losses_and_grads(x_train[index], y_train[index], weight_decay)
+            x, y = None, None
+            losses = to_numpy(graphed(index)).astype(np.float64)
+        else:
+            x, y = x_train[index], y_train[index]
 
-    def update(states, members) -> None:
-        for k in members:
-            optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
+        def shard_step(shard: slice) -> np.ndarray:
+            # Overflow is how divergence shows (errstate is per thread: set in each shard).
+            with np.errstate(all="ignore"):
+                values = losses[shard] if graphed else to_numpy(pop.losses_and_grads(x, y, weight_decay, shard)).astype(np.float64)
+                for k, value in zip(range(shard.start, shard.stop), values):
+                    if active[k] and (math.isfinite(value) or not check):
+                        optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
+            return values
+
+        return np.concatenate(shards.map(shard_step))
 
     # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
     saved = pop.snapshot()
@@ -146,8 +220,7 @@ def train_population(
     warm_order = orders_of(0)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
-            gradients(warm_order[:, b * batch_size : (b + 1) * batch_size])
-            update(warm_states, range(pop.k))
+            step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_states, check=False)
     pop.restore(saved)
     pop.grad_rows[...] = 0
     del warm_states
@@ -169,18 +242,16 @@ def train_population(
             with np.errstate(all="ignore"):
                 while True:
                     epoch, b = divmod(done, per_epoch)
-                    losses = gradients(orders[epoch][:, b * batch_size : (b + 1) * batch_size])
+                    # The K losses come back to the host each step (one sync on a GPU) for the
+                    # divergence check; a member with a non-finite loss is frozen as it is.
+                    values = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], states)
                     done += 1
-                    # The divergence check, before any update: K values back to the host (one
-                    # sync per step on a GPU). A member with a non-finite loss is frozen as it is.
-                    values = to_numpy(losses).astype(np.float64)
                     log.losses[members, done - 1] = values[members]
                     bad = [k for k in members if not math.isfinite(values[k])]
                     if bad:
                         log.diverged_at[bad] = done
                         active[bad] = False
                         members = [k for k in members if active[k]]
-                    update(states, members)
                     log.done = done
                     if on_step:
                         on_step(done)
@@ -188,13 +259,13 @@ def train_population(
                         break
             sync()
             seconds = time.perf_counter() - started
-            _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval)
+            _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval, shards)
     except KeyboardInterrupt:
         log.interrupted = True
     return log
 
 
-def _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval) -> None:
+def _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval, shards) -> None:
     steps = done - first
     record = {
         "epoch": (done - 1) // per_epoch + 1,
@@ -208,7 +279,7 @@ def _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batc
         "samples_per_s": steps * batch_size / seconds,
     }
     for name, (x, y) in eval_sets.items():
-        loss, acc = evaluate(pop, x, y)
+        loss, acc = evaluate(pop, x, y, shards=shards)
         record[f"{name}_loss"] = np.where(active, loss, np.nan)
         record[f"{name}_acc"] = np.where(active, acc, np.nan)
     log.evaluations.append(record)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from optbench import datasets
@@ -18,7 +19,7 @@ from optbench.errors import OptbenchError
 from optbench.experiment import TUNE_FACTORS, Experiment, MnistProblem, learning_rates
 from optbench.mlp import MLP, Population, initial_weights
 from optbench.optimizers import make_optimizer
-from optbench.training import batch_order, train_population
+from optbench.training import Shards, batch_order, shards_of, train_population
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()
@@ -42,16 +43,22 @@ def curve(result, optimizer, lr, seed):
 
 
 def test_a_member_trains_in_a_population_as_it_would_alone(data):
-    """Bitwise on the CPU: each member's products are the 2-D GEMMs it computes alone (NumPy's
-    stacked matmul calls the same sgemm per member), and its update reads only its own row."""
+    """Bitwise on the CPU where BLAS computes the same products: each member's products are the
+    2-D GEMMs it computes alone (NumPy's stacked matmul calls the same sgemm per member), and
+    its update reads only its own row. A population of two or more trains its shards with
+    one-thread BLAS (`training.Shards`), so the population of one is run so too; with the
+    machine's two BLAS threads it agrees to float32 rounding at the start of training."""
     together = Experiment(optimizers=["adam", "momentum", "rmsprop"], lrs=[1e-3, 1e-2], seeds=2, problem=SMALL).run(data=data)
     assert len(together.summary) == 3 * 2 * 2
     for optimizer, lr, seed in (("adam", 1e-3, 0), ("momentum", 1e-2, 1), ("rmsprop", 1e-3, 1)):
-        alone = Experiment(optimizers=[optimizer], lrs=[lr], seed=seed, problem=SMALL).run(data=data)
+        with threadpool_limits(1, "blas"):
+            alone = Experiment(optimizers=[optimizer], lrs=[lr], seed=seed, problem=SMALL).run(data=data)
         assert len(curve(alone, optimizer, lr, seed)) == 100
         assert np.array_equal(curve(together, optimizer, lr, seed), curve(alone, optimizer, lr, seed))
         row = lambda r: r.summary.set_index(["optimizer", "lr", "seed"]).loc[(optimizer, lr, seed)]  # noqa: E731
         assert row(together)["final_test_acc"] == row(alone)["final_test_acc"]
+        two_threads = Experiment(optimizers=[optimizer], lrs=[lr], seed=seed, problem=SMALL).run(data=data)
+        np.testing.assert_allclose(curve(two_threads, optimizer, lr, seed)[:5], curve(together, optimizer, lr, seed)[:5], rtol=1e-5)
 
 
 def test_final_weights_of_a_member_equal_its_population_of_one(data):
@@ -63,7 +70,8 @@ def test_final_weights_of_a_member_equal_its_population_of_one(data):
                      group_seeds=[0, 1])
     for k, (name, lr, seed) in enumerate(specs):
         alone = Population(sizes, [seed])
-        train_population(alone, [make_optimizer(name, lr=lr)], x, y, {}, iterations=60, batch_size=64, group_seeds=[seed])
+        with threadpool_limits(1, "blas"):  # as the population's shards run
+            train_population(alone, [make_optimizer(name, lr=lr)], x, y, {}, iterations=60, batch_size=64)
         assert np.array_equal(pop.rows[k], alone.rows[0]), name
 
 
@@ -79,7 +87,8 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(da
     assert np.isnan(log.losses[1, stopped:]).all() and not math.isfinite(log.losses[1, stopped - 1])
     # Frozen: its rows are the weights that gave the non-finite loss, trained alone that far.
     alone = Population(sizes, [0])
-    train_population(alone, [make_optimizer("sgd", lr=1e5)], x, y, {}, iterations=stopped - 1, batch_size=64)
+    with threadpool_limits(1, "blas"):  # as the population's shards run
+        train_population(alone, [make_optimizer("sgd", lr=1e5)], x, y, {}, iterations=stopped - 1, batch_size=64)
     np.testing.assert_array_equal(pop.rows[1], alone.rows[0])
     # The others train exactly as without it.
     without = Population(sizes, [0, 0])
@@ -134,11 +143,11 @@ def test_seeds_differ_and_the_same_seed_reproduces(data):
 
 
 def test_max_population_splits_the_run_and_changes_no_number(data):
-    # 3 optimizers x 2 seeds in chunks of 4: the second seed's group is cut across two chunks.
-    plan = dict(optimizers=["adam", "sgd", "adamax"], seeds=2, problem=SMALL)
+    # 2 optimizers x 3 seeds in two chunks of 3: the second seed's pair is cut across them.
+    plan = dict(optimizers=["adam", "sgd"], seeds=3, problem=SMALL)
     whole = Experiment(**plan).run(data=data)
     split = Experiment(**plan, max_population=4).run(data=data)
-    assert [(c["members"], c["reason"]) for c in split.manifest["populations"]] == [(4, "--max-population"), (2, "--max-population")]
+    assert [(c["members"], c["reason"]) for c in split.manifest["populations"]] == [(3, "--max-population"), (3, "--max-population")]
     assert [(c["members"], c["reason"]) for c in whole.manifest["populations"]] == [(6, "none")]
     timing = ["epoch_seconds", "samples_per_s", "mean_epoch_seconds"]
     pd.testing.assert_frame_equal(whole.curves, split.curves)
@@ -272,3 +281,19 @@ def test_the_readme_notebook_example_runs(data, monkeypatch):
     assert set(result.summary["optimizer"]) == {"signsgd", "adam"}
     assert result.aggregate["seeds"].tolist() == [5, 5]
     assert {"final_test_acc_mean", "final_test_acc_std"} <= set(result.aggregate.columns)
+
+
+def test_shards_split_a_population_over_the_cores(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert shards_of(Population((4, 3, 2), list(range(10)))) == [slice(0, 2), slice(2, 5), slice(5, 8), slice(8, 10)]
+    assert shards_of(Population((4, 3, 2), [0, 1])) == [slice(0, 1), slice(1, 2)]
+    assert shards_of(Population((4, 3, 2), [0])) == [slice(0, 1)]
+    with Shards(Population((4, 3, 2), list(range(10)))) as shards:
+        assert shards.map(lambda s: (s.start, s.stop)) == [(0, 2), (2, 5), (5, 8), (8, 10)]
+
+
+def test_chunks_are_balanced_and_leave_no_population_of_one(data):
+    result = Experiment(optimizers=["adam", "sgd", "adamax", "nadam", "radam"], problem=SMALL, max_population=4).run(data=data)
+    assert sorted(c["members"] for c in result.manifest["populations"]) == [2, 3]
