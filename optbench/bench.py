@@ -51,6 +51,7 @@ from optbench.errors import OptbenchError
 from optbench.graphs import GraphedStep
 from optbench.mlp import MLP, Population
 from optbench.optimizers import make_optimizer
+from optbench.training import train_population
 
 NETS = (
     ("default", (784, 100, 100, 100, 100, 10), 128),
@@ -168,28 +169,21 @@ class OursStep:
 
 
 class PopulationStep:
-    """`members` nets in one input group, the step `training.train_population` runs: the
-    (1, batch) index gathers one shared batch, `losses_and_grads`, then every member's optimizer
-    updates its own row with its own state."""
+    """`members` nets in one input group, trained by `training.train_population` itself (its
+    shards on the cores, the divergence check, every member's own update): seconds per step
+    from its timed intervals, warm-up excluded."""
 
     def __init__(self, sizes, batch, members, opt, device: Device):
-        self.x, self.y, self.index = _synthetic(device.xp, sizes, batch, groups=1)
+        self.x, self.y, _ = _synthetic(device.xp, sizes, batch, groups=1)
         self.pop = Population(sizes, [0] * members, xp=device.xp)  # one seed: one input group
-        self.members = members
-        self.optimizers = [_optimizer(opt) for _ in range(members)]
-        self.states = [o.init(self.pop.rows[k]) for k, o in enumerate(self.optimizers)]
+        self.members, self.batch, self.opt = members, batch, opt
         self.sync = device.sync
 
     def __call__(self, steps: int) -> float:
-        pop, optimizers, states = self.pop, self.optimizers, self.states
-        self.sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            pop.losses_and_grads(self.x[self.index], self.y[self.index])
-            for k in range(self.members):
-                optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
-        self.sync()
-        return (time.perf_counter() - start) / steps
+        optimizers = [_optimizer(self.opt) for _ in range(self.members)]
+        log = train_population(self.pop, optimizers, self.x, self.y, {}, iterations=steps, eval_every=steps,
+                               batch_size=self.batch, sync=self.sync)
+        return self.batch / log.evaluations[-1]["samples_per_s"]
 
 
 def _torch_optimizer(torch, opt: str, params, form: dict):
