@@ -78,12 +78,12 @@ def shards_of(pop: Population) -> list[slice]:
 class Shards:
     """Runs a function on every shard of a population at once, one thread each.
 
-    NumPy and BLAS release the GIL, so the shards' products and elementwise work run on their
-    own cores, and BLAS is held to one thread per shard while they do: two-thread BLAS on small
-    products spends more time handing work between its threads than computing, and its spinning
-    threads would fight the shards for the cores. One-thread and two-thread BLAS differ in the
-    last bits, so every population of two or more trains alike, bitwise, however it is sharded
-    or chunked; a population of one keeps the machine's BLAS threads.
+    NumPy and BLAS release the GIL, so the shards' products and elementwise work (which NumPy
+    runs on one core) proceed on their own cores, and BLAS is held to one thread per shard while
+    they do: the shards already fill the cores, and BLAS's spinning threads would fight them.
+    One-thread and two-thread BLAS differ in the last bits, so every population of two or more
+    trains alike, bitwise, however it is sharded or chunked; a population of one keeps the
+    machine's BLAS threads (its products are faster on two).
     """
 
     def __init__(self, pop: Population):
@@ -116,9 +116,9 @@ def evaluate(pop: Population, x, y, batch_size: int = EVAL_BATCH, shards: Shards
 
     def evaluate_shard(shard: slice) -> None:
         with np.errstate(all="ignore"):  # frozen members may hold non-finite weights (per thread)
-            _evaluate_members(shard)
+            evaluate_members(shard)
 
-    def _evaluate_members(shard: slice) -> None:
+    def evaluate_members(shard: slice) -> None:
         for first in range(shard.start, shard.stop, EVAL_MEMBERS):
             members = slice(first, min(shard.stop, first + EVAL_MEMBERS))
             for start in range(0, len(x), batch_size):

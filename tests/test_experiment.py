@@ -155,19 +155,23 @@ def test_max_population_splits_the_run_and_changes_no_number(data):
     pd.testing.assert_frame_equal(whole.summary.drop(columns=timing[1:]), split.summary.drop(columns=timing[1:]))
 
 
-def test_ctrl_c_between_populations_keeps_every_member_marked(data, monkeypatch):
+@pytest.fixture
+def ctrl_c_at_second_population(monkeypatch):
+    """Ctrl-C as the second population starts (in its warm-up, outside the training loop)."""
     import optbench.experiment as experiment
 
-    real = experiment.train_population
-    calls = []
+    real, calls = experiment.train_population, []
 
     def second_interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # in the second population's warm-up, outside the training loop
+            raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(experiment, "train_population", second_interrupted)
+
+
+def test_ctrl_c_between_populations_keeps_every_member_marked(data, ctrl_c_at_second_population):
     result = Experiment(optimizers=["adam", "sgd"], seeds=2, problem=SMALL, max_population=2).run(data=data)
     assert result.status == "interrupted"
     status = result.summary.set_index(["optimizer", "seed"])["status"]
@@ -177,19 +181,7 @@ def test_ctrl_c_between_populations_keeps_every_member_marked(data, monkeypatch)
     assert result.aggregate.set_index("optimizer").loc["adam", "status"] == "1 interrupted"
 
 
-def test_ctrl_c_while_tuning_keeps_the_grid_trained_so_far(data, monkeypatch):
-    import optbench.experiment as experiment
-
-    real = experiment.train_population
-    calls = []
-
-    def second_interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, "train_population", second_interrupted)
+def test_ctrl_c_while_tuning_keeps_the_grid_trained_so_far(data, ctrl_c_at_second_population):
     problem = MnistProblem(hidden=(16,), batch_size=64, iterations=20, validation=500)
     result = Experiment(optimizers=["adam"], tune=True, problem=problem, max_population=4).run(data=data)
     assert result.status == "interrupted" and len(result.tuning) == 4  # the first chunk of the 7-lr grid
