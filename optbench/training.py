@@ -179,7 +179,6 @@ def train_population(
     total = iterations if iterations is not None else epochs * per_epoch
     interval = eval_every or per_epoch
     log = PopulationLog(np.full((pop.k, total), np.nan), np.zeros(pop.k, dtype=np.int64))
-    active = np.ones(pop.k, dtype=bool)
 
     def orders_of(epoch: int):
         return xp.asarray(np.stack([batch_order(len(x_train), epoch + 1, s, shuffle) for s in group_seeds]))
