@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 
 from optbench.optimizers import OPTIMIZERS
@@ -74,11 +75,18 @@ def mnist_summary(summary: pd.DataFrame, title: str) -> Table:
     interrupted rows marked. A device column when there are several, a seed column likewise."""
     several_devices = summary["device"].nunique() > 1
     several_seeds = "seed" in summary.columns and summary["seed"].nunique() > 1
+    # The members of one population train in the same seconds: its time per epoch and its
+    # throughput (all members together) go in the title, not in every row.
+    times = summary["mean_epoch_seconds"].dropna().unique()
+    timed = len(times) > 1
+    if len(times) == 1:
+        together = summary["samples_per_s"].dropna().sum()
+        title += f"; {_number(float(times[0]), 3)} s per epoch, {_thousands(together)} samples/s for the {len(summary)} together"
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("optimizer", style="bold", no_wrap=True)
     names = (["device"] if several_devices else []) + ["lr"] + (["seed"] if several_seeds else []) + [
-        "epochs", "best %", "final %", "loss", "s/epoch", "samples/s"]
+        "epochs", "best %", "final %", "loss"] + (["s/epoch", "samples/s"] if timed else [])
     for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     for rank, row in enumerate(summary.itertuples(), start=1):
@@ -87,7 +95,7 @@ def mnist_summary(summary: pd.DataFrame, title: str) -> Table:
         cells = [label, *([row.device] if several_devices else []), _number(row.lr, 3),
                  *([_number(row.seed)] if several_seeds else []), _number(row.epochs, 3),
                  _percent(row.best_test_acc), _percent(row.final_test_acc), _number(row.final_train_loss, 3),
-                 _number(row.mean_epoch_seconds, 3), _thousands(row.samples_per_s)]
+                 *([_number(row.mean_epoch_seconds, 3), _thousands(row.samples_per_s)] if timed else [])]
         table.add_row(str(rank), *map(escape, map(str, cells)),
                       style="red" if row.diverged else ("yellow" if status == "interrupted" else None))
     return table
@@ -104,24 +112,31 @@ def mnist_aggregate(aggregate: pd.DataFrame, title: str) -> Table:
     """One row per (optimizer, lr, device) of aggregate.csv, in its order (best first): mean ± std
     over seeds. Red when every seed diverged, yellow when some did not finish."""
     several_devices = aggregate["device"].nunique() > 1
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("#", justify="right", style="dim")
+    # Members of one population share its seconds per epoch: said once in the title then, so
+    # that the "mean ± std" cells fit an 80-column terminal whole (with light rules, no rank,
+    # short headings: n is the number of seeds).
+    times = aggregate["mean_epoch_seconds"].dropna().unique()
+    timed = len(times) > 1
+    if len(times) == 1:
+        title += f"; {_number(float(times[0]), 3)} s per epoch"
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("optimizer", style="bold", no_wrap=True)
-    names = (["device"] if several_devices else []) + ["lr", "seeds", "best %", "final %", "loss", "s/epoch"]
+    names = (["device"] if several_devices else []) + ["lr", "n", "best %", "final %", "loss"] + (["s/ep"] if timed else [])
     for name in names:
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for rank, row in enumerate(aggregate.itertuples(), start=1):
+        table.add_column(name, justify="right", no_wrap=True, min_width=2 if name == "lr" else None)
+    table.add_column("status", min_width=8)  # "2 diverged, 1 interrupted" wraps, the numbers stay whole
+    for row in aggregate.itertuples():
         seeds = int(row.seeds)
         cells = [
             row.optimizer, *([row.device] if several_devices else []), _number(row.lr, 3), str(seeds),
             _spread(row.best_test_acc_mean, row.best_test_acc_std, seeds, _percent),
             _spread(row.final_test_acc_mean, row.final_test_acc_std, seeds, _percent),
-            _spread(row.final_train_loss_mean, row.final_train_loss_std, seeds, lambda v: _number(v, 3)),
-            _number(row.mean_epoch_seconds, 3), row.status,
+            _spread(row.final_train_loss_mean, row.final_train_loss_std, seeds, lambda v: _number(v, 2)),
+            *([_number(row.mean_epoch_seconds, 3)] if timed else []), row.status,
         ]
         style = "red" if row.diverged >= seeds else ("yellow" if row.status != "finished" else None)
-        table.add_row(str(rank), *map(escape, map(str, cells)), style=style)
+        table.add_row(*map(escape, map(str, cells)), style=style)
     return table
 
 
