@@ -49,75 +49,106 @@ def usable(p, g, lr) -> bool:
     return njit is not None and type(p) is np.ndarray and flat_buffers(p, g, lr)
 
 if njit is not None:
+    # Each kernel updates some members of a group: the member at position s of the group owns
+    # row `rows[s]` of the (K, N) parameter buffer, row s of each stacked state array and entry s
+    # of each array of hyperparameters. `active` lists the positions to update this step; the
+    # j-th of them takes entry j of each array of step scalars (the last arguments). The element loop is the one-member kernel's: a member's
+    # flags are constant inside it, so the compiler hoists their branches out of it.
+    # The views are bound one per statement: bound in one tuple assignment, a write to `p` inside
+    # the parallel loop was lost (Numba 0.68's parfors; the serial compile got it right).
 
     @njit(parallel=True, cache=True)
-    def _sgd(p, g, buf, wd, momentum, one_minus_dampening, dampened, nesterov, first, lr):
-        for i in prange(p.size):
-            gi = g[i]
-            if wd != 0:
-                gi = p[i] * wd + gi
-            if momentum != 0:
-                if first:
-                    b = gi
+    def _sgd(P, G, rows, active, buf_all, wd, momentum, one_minus_dampening, dampened, nesterov, first, lr):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            buf = buf_all[s]
+            wd_s, mu, omd, damp, nest = wd[s], momentum[s], one_minus_dampening[s], dampened[s], nesterov[s]
+            first_s, lr_s = first[j], lr[j]
+            for i in prange(p.size):
+                gi = g[i]
+                if wd_s != 0:
+                    gi = p[i] * wd_s + gi
+                if mu != 0:
+                    if first_s:
+                        b = gi
+                    else:
+                        b = buf[i] * mu
+                        b = b + gi * omd if damp else b + gi
+                    buf[i] = b
+                    gi = b * mu + gi if nest else b
+                p[i] = p[i] - gi * lr_s
+
+    @njit(parallel=True, cache=True)
+    def _adam(P, G, rows, active, m_all, v_all, vmax_all, decoupled, wd, w, small, one_minus_w, b2, one_minus_b2,
+              amsgrad, eps, decay_factor, bc2_sqrt, neg_step_size):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            m = m_all[s]
+            v = v_all[s]
+            vmax = vmax_all[s]
+            dec, wd_s, w_s, small_s, omw, b2_s, omb2, ams, eps_s = (decoupled[s], wd[s], w[s], small[s], one_minus_w[s],
+                                                                     b2[s], one_minus_b2[s], amsgrad[s], eps[s])
+            df, bc2, nss = decay_factor[j], bc2_sqrt[j], neg_step_size[j]
+            for i in prange(p.size):
+                pi = p[i]
+                gi = g[i]
+                if dec:
+                    pi = pi * df
+                elif wd_s != 0:
+                    gi = pi * wd_s + gi
+                d = gi - m[i]
+                mi = m[i] + d * w_s if small_s else gi - d * omw
+                m[i] = mi
+                vi = v[i] * b2_s + (gi * omb2) * gi
+                v[i] = vi
+                second = vi
+                if ams:
+                    a = vmax[i]
+                    second = a if (a > vi or a != a) else vi  # np.maximum, NaN included
+                    vmax[i] = second
+                denom = math.sqrt(second) / bc2 + eps_s
+                p[i] = pi + (mi * nss) / denom
+
+    @njit(parallel=True, cache=True)
+    def _rmsprop(P, G, rows, active, sq_all, ga_all, buf_all, wd, alpha, one_minus_alpha, centered, w, small,
+                 one_minus_w, eps, momentum, lr, neg_lr):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            square_avg = sq_all[s]
+            grad_avg = ga_all[s]
+            buf = buf_all[s]
+            wd_s, a_s, oma, cen, w_s, small_s, omw, eps_s, mu = (wd[s], alpha[s], one_minus_alpha[s], centered[s], w[s],
+                                                                  small[s], one_minus_w[s], eps[s], momentum[s])
+            lr_s, nlr = lr[j], neg_lr[j]
+            for i in prange(p.size):
+                gi = g[i]
+                if wd_s != 0:
+                    gi = p[i] * wd_s + gi
+                sa = square_avg[i] * a_s + (gi * oma) * gi
+                square_avg[i] = sa
+                if cen:
+                    d = gi - grad_avg[i]
+                    ga = grad_avg[i] + d * w_s if small_s else gi - d * omw
+                    grad_avg[i] = ga
+                    avg = math.sqrt(sa - ga * ga)
                 else:
-                    b = buf[i] * momentum
-                    b = b + gi * one_minus_dampening if dampened else b + gi
-                buf[i] = b
-                gi = b * momentum + gi if nesterov else b
-            p[i] = p[i] - gi * lr
+                    avg = math.sqrt(sa)
+                avg = avg + eps_s
+                if mu > 0:
+                    b = buf[i] * mu + gi / avg
+                    buf[i] = b
+                    p[i] = p[i] - b * lr_s
+                else:
+                    p[i] = p[i] + (gi * nlr) / avg
 
-    @njit(parallel=True, cache=True)
-    def _adam(p, g, m, v, vmax, decay_factor, decoupled, wd, w, small, one_minus_w, b2, one_minus_b2, amsgrad,
-              bc2_sqrt, eps, neg_step_size):
-        for i in prange(p.size):
-            pi = p[i]
-            gi = g[i]
-            if decoupled:
-                pi = pi * decay_factor
-            elif wd != 0:
-                gi = pi * wd + gi
-            d = gi - m[i]
-            mi = m[i] + d * w if small else gi - d * one_minus_w
-            m[i] = mi
-            vi = v[i] * b2 + (gi * one_minus_b2) * gi
-            v[i] = vi
-            second = vi
-            if amsgrad:
-                a = vmax[i]
-                second = a if (a > vi or a != a) else vi  # np.maximum, NaN included
-                vmax[i] = second
-            denom = math.sqrt(second) / bc2_sqrt + eps
-            p[i] = pi + (mi * neg_step_size) / denom
-
-    @njit(parallel=True, cache=True)
-    def _rmsprop(p, g, square_avg, grad_avg, buf, wd, alpha, one_minus_alpha, centered, w, small, one_minus_w,
-                 eps, momentum, lr, neg_lr):
-        for i in prange(p.size):
-            gi = g[i]
-            if wd != 0:
-                gi = p[i] * wd + gi
-            sa = square_avg[i] * alpha + (gi * one_minus_alpha) * gi
-            square_avg[i] = sa
-            if centered:
-                d = gi - grad_avg[i]
-                ga = grad_avg[i] + d * w if small else gi - d * one_minus_w
-                grad_avg[i] = ga
-                avg = math.sqrt(sa - ga * ga)
-            else:
-                avg = math.sqrt(sa)
-            avg = avg + eps
-            if momentum > 0:
-                b = buf[i] * momentum + gi / avg
-                buf[i] = b
-                p[i] = p[i] - b * lr
-            else:
-                p[i] = p[i] + (gi * neg_lr) / avg
-
-
-def _unused(p) -> np.ndarray:
-    # Stands in for a state array a setting does not have. It must not be `p` itself: an array
-    # passed twice looks aliased, and the compiler then gives up vectorising the loop.
-    return np.empty(0, dtype=p.dtype)
+else:
+    _sgd = _adam = _rmsprop = None  # never launched: `usable` is False without Numba
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -143,35 +174,106 @@ def _one_thread():
             yield
 
 
-def sgd(opt, p, g, state, scalars: StepSize) -> None:
-    """SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD`'s rule in one pass."""
-    t = p.dtype.type
-    first = state["momentum_buffer"] is None
-    if opt.momentum != 0 and first:
-        state["momentum_buffer"] = np.empty_like(p)
-    buf = state["momentum_buffer"] if opt.momentum != 0 else _unused(p)
-    with _one_thread():
-        _sgd(p, g, buf, t(opt.weight_decay), t(opt.momentum), t(1 - opt.dampening), bool(opt.dampening), opt.nesterov,
-             first, t(scalars.lr))
+class RowsKernel:
+    """A rule's kernel over members of a population, as `updates.MemberUpdates` launches it.
+
+    `state_arrays(opt)` names the state arrays it reads and writes: members whose optimizers
+    name the same ones, in one dtype, share a launch. `constants(opts, t)` are the per-member
+    arrays of hyperparameters (made once per group), `per_step(opts, steps, scalars, t)` those of
+    a step's scalars, and `kernel` the compiled loop.
+    """
+
+    def __init__(self, name: str, state_arrays, constants, per_step, kernel):
+        self.name, self.state_arrays, self.constants, self.per_step = name, state_arrays, constants, per_step
+        self.kernel = kernel
+
+    def launch(self, P, G, rows, active, stacked: dict, constants: tuple, steps, scalars) -> None:
+        """Update the members at positions `active`, whose steps (already counted) and step
+        scalars are `steps` and `scalars`, in that order."""
+        arrays = tuple(stacked[name] if name in stacked else _nothing(P, len(rows)) for name in self._all_arrays)
+        per_step = self.per_step(steps, scalars, P.dtype.type)
+        with _one_thread():
+            self.kernel(P, G, rows, active, *arrays, *constants, *per_step)
+
+    def __call__(self, opt, p, g, state, scalars) -> None:
+        """One member's update of its flat buffer `p`, as `Optimizer.update` calls it."""
+        names = self.state_arrays(opt)
+        if "momentum_buffer" in names and state.get("momentum_buffer") is None:
+            state["momentum_buffer"] = np.empty_like(p)  # SGD's: filled by its first step
+        stacked = {name: state[name][None] for name in names}
+        self.launch(p[None], g[None], _ZERO, _ZERO, stacked, self.constants([opt], p.dtype.type), [state["step"]],
+                    [scalars])
+
+    @property
+    def _all_arrays(self) -> tuple[str, ...]:
+        return _STATE_ARRAYS[self.name]
 
 
-def adam(opt, p, g, state, scalars: AdamScalars) -> None:
-    """Adam, AMSGrad and AdamW: `optimizers.Adam`'s rule in one pass."""
-    t = p.dtype.type
-    w = 1 - opt.beta1
-    vmax = state["max_exp_avg_sq"] if opt.amsgrad else _unused(p)
-    with _one_thread():
-        _adam(p, g, state["exp_avg"], state["exp_avg_sq"], vmax, t(scalars.decay_factor),
-              opt.decoupled_weight_decay and opt.weight_decay != 0, t(opt.weight_decay), t(w), abs(w) < 0.5, t(1 - w),
-              t(opt.beta2), t(1 - opt.beta2), opt.amsgrad, t(scalars.bias_correction2_sqrt), t(opt.eps),
-              t(-scalars.step_size))
+_ZERO = np.zeros(1, dtype=np.intp)
+
+# Every state array a kernel takes, in its argument order (a setting may have fewer).
+_STATE_ARRAYS = {
+    "sgd": ("momentum_buffer",),
+    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
+}
 
 
-def rmsprop(opt, p, g, state, scalars: StepSize) -> None:
-    """RMSprop, centered and with momentum: `optimizers.RMSprop`'s rule in one pass."""
-    t = p.dtype.type
-    w = 1 - opt.alpha
-    with _one_thread():
-        _rmsprop(p, g, state["square_avg"], state.get("grad_avg", _unused(p)), state.get("momentum_buffer", _unused(p)),
-                 t(opt.weight_decay), t(opt.alpha), t(1 - opt.alpha), opt.centered, t(w), abs(w) < 0.5, t(1 - w),
-                 t(opt.eps), t(opt.momentum), t(scalars.lr), t(-scalars.lr))
+def _nothing(P, n: int) -> np.ndarray:
+    # A state array a setting does not have: a row of nothing per member. Not an alias of another
+    # argument: an array passed twice looks aliased, and the compiler then gives up vectorising.
+    return np.empty((n, 0), dtype=P.dtype)
+
+
+def _values(t, values) -> np.ndarray:
+    return np.array(list(values), dtype=t)
+
+
+def _flags(values) -> np.ndarray:
+    return np.array(list(values), dtype=np.bool_)
+
+
+def _sgd_constants(opts, t):
+    return (_values(t, (o.weight_decay for o in opts)), _values(t, (o.momentum for o in opts)),
+            _values(t, (1 - o.dampening for o in opts)), _flags(bool(o.dampening) for o in opts),
+            _flags(o.nesterov for o in opts))
+
+
+def _adam_constants(opts, t):
+    w = [1 - o.beta1 for o in opts]
+    return (_flags(o.decoupled_weight_decay and o.weight_decay != 0 for o in opts),
+            _values(t, (o.weight_decay for o in opts)), _values(t, w), _flags(abs(x) < 0.5 for x in w),
+            _values(t, (1 - x for x in w)), _values(t, (o.beta2 for o in opts)),
+            _values(t, (1 - o.beta2 for o in opts)), _flags(o.amsgrad for o in opts), _values(t, (o.eps for o in opts)))
+
+
+def _rmsprop_constants(opts, t):
+    w = [1 - o.alpha for o in opts]
+    return (_values(t, (o.weight_decay for o in opts)), _values(t, (o.alpha for o in opts)),
+            _values(t, (1 - o.alpha for o in opts)), _flags(o.centered for o in opts), _values(t, w),
+            _flags(abs(x) < 0.5 for x in w), _values(t, (1 - x for x in w)), _values(t, (o.eps for o in opts)),
+            _values(t, (o.momentum for o in opts)))
+
+
+# SGD, momentum, Nesterov, dampening, weight decay: `optimizers.SGD`'s rule in one pass.
+sgd = RowsKernel(
+    "sgd", lambda opt: ("momentum_buffer",) if opt.momentum != 0 else (), _sgd_constants,
+    lambda steps, scalars, t: (_flags(step == 1 for step in steps), _values(t, (s.lr for s in scalars))),
+    _sgd,
+)
+# Adam, AMSGrad and AdamW: `optimizers.Adam`'s rule in one pass.
+adam = RowsKernel(
+    "adam", lambda opt: ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if opt.amsgrad else ()), _adam_constants,
+    lambda steps, scalars, t: (_values(t, (s.decay_factor for s in scalars)),
+                               _values(t, (s.bias_correction2_sqrt for s in scalars)),
+                               _values(t, (-s.step_size for s in scalars))),
+    _adam,
+)
+# RMSprop, centered and with momentum: `optimizers.RMSprop`'s rule in one pass.
+rmsprop = RowsKernel(
+    "rmsprop",
+    lambda opt: ("square_avg",) + (("grad_avg",) if opt.centered else ()) + (("momentum_buffer",) if opt.momentum > 0 else ()),
+    _rmsprop_constants,
+    lambda steps, scalars, t: (_values(t, (s.lr for s in scalars)), _values(t, (-s.lr for s in scalars))),
+    _rmsprop,
+)

@@ -145,6 +145,7 @@ class Population:
         # Row k is member k's flat buffer, whatever shape a subclass gives `params`.
         self.rows, self.grad_rows = self.params, self.grads
         self.running = {}
+        self._workspaces: dict[tuple[int, int, int], dict] = {}
         for i in range(self.n_layers - 1):
             if batchnorm:
                 self.running[f"mean{i}"] = xp.zeros((self.k, self.sizes[i + 1]), dtype=self.dtype)
@@ -202,35 +203,60 @@ class Population:
                 rows.append((g, slice(first - start, last - start)))
         return rows
 
-    def _forward(self, x, members: slice):
+    def _workspace(self, start: int, stop: int, n: int) -> dict:
+        """Arrays a training step of members start..stop on batches of n writes into: the same
+        ones every step. Fresh temporaries of this size are returned to the OS when freed and
+        page-fault anew on the next step (a third of a shard's forward pass went to that)."""
+        key = (start, stop, n)
+        work = self._workspaces.get(key)
+        if work is None:
+            xp, k = self.xp, stop - start
+            work = {}
+            for i, width in enumerate(self.sizes[1:]):
+                for name in ("z", "a", "delta", "mask") if i < self.n_layers - 1 else ("z",):
+                    dtype = bool if name == "mask" else self.dtype
+                    work[f"{name}{i}"] = xp.empty((k, n, width), dtype=dtype)
+                if i > 0:
+                    work[f"back{i}"] = xp.empty((k, n, self.sizes[i]), dtype=self.dtype)
+            self._workspaces[key] = work  # separate ranges (shards on threads) get separate arrays
+        return work
+
+    def _forward(self, x, members: slice, work: dict | None = None):
         """Logits of a range of members and the cache of its backward pass (local, so that
-        separate ranges may run at once on separate threads)."""
+        separate ranges may run at once on separate threads). With `work` (`_workspace`) the
+        activations are written there rather than into new arrays."""
         xp = self.xp
         start, stop, _ = members.indices(self.k)
         p = {name: view[start:stop] for name, view in self._p.items()}
-        cache = {"layers": [], "members": (start, stop), "rows": self._input_rows(x, start, stop)}
-        h = xp.empty((stop - start, x.shape[1], self.sizes[1]), dtype=self.dtype)
+        cache = {"layers": [], "members": (start, stop), "rows": self._input_rows(x, start, stop), "work": work}
+        out = work.get if work is not None else (lambda name: None)
+        h = out("z0")
+        if h is None:
+            h = xp.empty((stop - start, x.shape[1], self.sizes[1]), dtype=self.dtype)
         for g, rows in cache["rows"]:
             xp.matmul(x[g], p["W0"][rows], out=h[rows])  # one shared input per group, no copies
         for i in range(self.n_layers):
             if i == 0:
                 z = h
-                z += p["b0"][:, None, :]
             else:
-                z = xp.matmul(h, p[f"W{i}"])
-                z += p[f"b{i}"][:, None, :]
+                z = xp.matmul(h, p[f"W{i}"], out=out(f"z{i}"))
+            z += p[f"b{i}"][:, None, :]
             layer = {"input": x if i == 0 else h}
             cache["layers"].append(layer)
             if i == self.n_layers - 1:
                 return z, cache
             if self.batchnorm:
                 z = self._batchnorm_forward(i, z, layer, start, stop)
+            a = out(f"a{i}")
             if self.activation == "relu":
-                a = xp.maximum(z, 0)
+                a = xp.maximum(z, 0, out=a)
             elif self.activation == "sigmoid":
-                a = 1 / (1 + xp.exp(-z))
+                a = xp.negative(z, out=a)
+                xp.exp(a, out=a)
+                a += 1
+                xp.divide(1, a, out=a)
             else:
-                a = xp.tanh(z)
+                a = xp.tanh(z, out=a)
             layer["z"], layer["a"] = z, a
             if self.training and self.dropout > 0:
                 keep = xp.stack([self._draw_uniform(k, a.shape[1:]) for k in range(start, stop)]) >= self.dropout
@@ -266,18 +292,23 @@ class Population:
         start, stop = cache["members"]
         p = {name: view[start:stop] for name, view in self._p.items()}
         g = {name: view[start:stop] for name, view in self._g.items()}
+        work = cache.get("work")
+        out = work.get if work is not None else (lambda name: None)
         delta = dlogits
         for i in reversed(range(self.n_layers)):
             layer = cache["layers"][i]
             if i < self.n_layers - 1:
                 if "mask" in layer:
                     delta = delta * layer["mask"]
+                into = out(f"delta{i}")
                 if self.activation == "relu":
-                    delta = delta * (layer["z"] > 0)
+                    positive = xp.greater(layer["z"], 0, out=out(f"mask{i}"))
+                    delta = xp.multiply(delta, positive, out=into)
                 elif self.activation == "sigmoid":
-                    delta = delta * layer["a"] * (1 - layer["a"])
+                    delta = xp.multiply(delta, layer["a"], out=into)
+                    delta *= 1 - layer["a"]
                 else:
-                    delta = delta * (1 - layer["a"] * layer["a"])
+                    delta = xp.multiply(delta, 1 - layer["a"] * layer["a"], out=into)
                 if self.batchnorm:
                     delta = self._batchnorm_backward(i, delta, layer, p, g)
             # Straight into the gradient buffer: no temporary, no copy.
@@ -289,7 +320,7 @@ class Population:
                 xp.matmul(layer["input"].transpose(0, 2, 1), delta, out=g[f"W{i}"])
             delta.sum(axis=1, out=g[f"b{i}"])
             if i > 0:
-                delta = xp.matmul(delta, p[f"W{i}"].transpose(0, 2, 1))
+                delta = xp.matmul(delta, p[f"W{i}"].transpose(0, 2, 1), out=out(f"back{i}"))
 
     def _batchnorm_backward(self, i, delta, layer, p, g):
         z_hat, inv_std = layer["z_hat"], layer["inv_std"]
@@ -312,7 +343,7 @@ class Population:
             member_labels = self.xp.broadcast_to(labels, (stop - start, labels.shape[1]))
         else:
             member_labels = labels[self._group_index[start:stop]]
-        logits, cache = self._forward(x, slice(start, stop))
+        logits, cache = self._forward(x, slice(start, stop), self._workspace(start, stop, x.shape[1]))
         loss, dlogits = softmax_cross_entropy(logits, member_labels)
         self.backward_stack(dlogits, cache)
         if weight_decay:

@@ -3,7 +3,8 @@
 Knows nothing of the terminal: progress goes to optional callbacks, results come back as a
 `PopulationLog` of arrays (one column per member) for `experiment` to turn into tables.
 
-Every member has its own optimizer and state and updates its own row of the parameter buffer.
+Every member has its own optimizer and state and updates its own row of the parameter buffer;
+members whose rules share a fused kernel are updated in one launch per step (`updates`).
 A member whose loss turns non-finite is frozen at once: from that step on its rows no longer
 change and its evaluations are recorded as NaN; the others train exactly as if it were not
 there (their products and updates never read its rows). A population of one is the single model: `train`.
@@ -30,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from optbench.backend import get_array_module, to_numpy
 from optbench.graphs import GraphedStep
 from optbench.mlp import MLP, Population, softmax_cross_entropy
+from optbench.updates import MemberUpdates
 
 # Six steps reach every code path of every built-in optimizer (RAdam's rectified branch starts at
 # step 6), so no GPU kernel is compiled inside the timed steps.
@@ -192,39 +194,48 @@ def train_population(
 def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval, per_epoch,
            batch_size, weight_decay, sync, on_step, on_eval) -> PopulationLog:
     active = np.ones(pop.k, dtype=bool)
+    batches: dict = {}
 
-    def step(index, states, check: bool = True) -> np.ndarray:
+    def gather(data, index):
+        # Into the same array every step: a fresh batch of this size page-faults on each one.
+        key = (id(data), index.shape)
+        if key not in batches:
+            batches[key] = pop.xp.empty((*index.shape, *data.shape[1:]), dtype=data.dtype)
+        if pop.xp is np:  # "clip" (the indices are a permutation's): "raise" buffers `out`, a copy again
+            return np.take(data, index, axis=0, out=batches[key], mode="clip")
+        return pop.xp.take(data, index, axis=0, out=batches[key])
+
+    def step(index, updates: MemberUpdates, check: bool = True) -> np.ndarray:
         """One step of every shard; returns the K losses. A member whose loss is non-finite
         is not updated (`check`): the divergence check comes before any update."""
         if graphed:
             x, y = None, None
             losses = to_numpy(graphed(index)).astype(np.float64)
         else:
-            x, y = x_train[index], y_train[index]
+            x, y = gather(x_train, index), gather(y_train, index)
 
         def shard_step(shard: slice) -> np.ndarray:
             # Overflow is how divergence shows (errstate is per thread: set in each shard).
             with np.errstate(all="ignore"):
                 values = losses[shard] if graphed else to_numpy(pop.losses_and_grads(x, y, weight_decay, shard)).astype(np.float64)
-                for k, value in zip(range(shard.start, shard.stop), values):
-                    if active[k] and (math.isfinite(value) or not check):
-                        optimizers[k].update(pop.rows[k], pop.grad_rows[k], states[k])
+                updates.step([k for k, value in zip(range(shard.start, shard.stop), values)
+                              if active[k] and (math.isfinite(value) or not check)])
             return values
 
         return np.concatenate(shards.map(shard_step))
 
     # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
     saved = pop.snapshot()
-    warm_states = [opt.init(pop.rows[k]) for k, opt in enumerate(optimizers)]
+    warm_updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows)
     warm_order = orders_of(0)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
-            step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_states, check=False)
+            step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_updates, check=False)
     pop.restore(saved)
     pop.grad_rows[...] = 0
-    del warm_states
+    del warm_updates
 
-    states = [opt.init(pop.rows[k]) for k, opt in enumerate(optimizers)]
+    updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows)
     members = list(range(pop.k))
     done, orders, seconds, first = 0, {}, 0.0, 0
     try:
@@ -243,7 +254,7 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
                     epoch, b = divmod(done, per_epoch)
                     # The K losses come back to the host each step (one sync on a GPU) for the
                     # divergence check; a member with a non-finite loss is frozen as it is.
-                    values = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], states)
+                    values = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], updates)
                     done += 1
                     log.losses[members, done - 1] = values[members]
                     bad = [k for k in members if not math.isfinite(values[k])]

@@ -1,0 +1,97 @@
+"""The update of a population's members: one fused pass per group of members that share a kernel.
+
+Each member has its own optimizer, hyperparameters and state. Members whose optimizers have the
+same row kernel (`kernels.RowsKernel`: SGD, Adam, RMSprop and their families) with the same state
+arrays, in one dtype, form a group: their state lives in stacked (members, N) arrays, and one
+launch updates all of them, each with its own hyperparameters and step scalars. Every other
+member (a rule without a CPU kernel, a user's class, the GPU) is updated alone by
+`Optimizer.update`, its one-member dispatcher.
+
+A member's state dict still says what is its own: its arrays are rows of the group's stacks, so
+reading or checkpointing one member's state needs nothing of the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from optbench import kernels
+from optbench.optimizers import fused_paths
+
+
+class _Group:
+    """Members that one row kernel updates together."""
+
+    def __init__(self, kernel: kernels.RowsKernel, members: list[int], optimizers, states, rows):
+        self.kernel, self.members = kernel, members
+        self.optimizers = [optimizers[k] for k in members]
+        self.states = [states[k] for k in members]
+        self.rows = np.array(members, dtype=np.intp)
+        self.position = {k: s for s, k in enumerate(members)}
+        names = kernel.state_arrays(self.optimizers[0])
+        dtype = rows.dtype
+        self.stacked = {}
+        for name in names:
+            # SGD's momentum buffer is made by its first step: until then the state says None.
+            initial = [state.get(name) for state in self.states]
+            stack = np.empty((len(members), rows.shape[1]), dtype=dtype)
+            for s, value in enumerate(initial):
+                if value is not None:
+                    stack[s] = value
+            self.stacked[name] = stack
+            for s, (state, value) in enumerate(zip(self.states, initial)):
+                if value is not None:
+                    state[name] = stack[s]
+        self.constants = kernel.constants(self.optimizers, dtype.type)
+
+    def update(self, params, grads, members: Sequence[int]) -> None:
+        active = np.array([self.position[k] for k in members], dtype=np.intp)
+        steps, scalars = [], []
+        for s in active:
+            state = self.states[s]
+            state["step"] += 1
+            steps.append(state["step"])
+            scalars.append(self.optimizers[s].step_scalars(state))
+        self.kernel.launch(params, grads, self.rows, active, self.stacked, self.constants, steps, scalars)
+        for s in active:
+            for name, stack in self.stacked.items():
+                self.states[s][name] = stack[s]  # SGD's momentum buffer, made by the first step
+
+
+class MemberUpdates:
+    """The optimizer states of a population's members and the step that updates them.
+
+    `step(members)` updates the rows of `params` given by `members` (the others are left as they
+    are: a frozen member keeps its weights and its state) from the matching rows of `grads`.
+    """
+
+    def __init__(self, optimizers, params, grads):
+        self.optimizers, self.params, self.grads = list(optimizers), params, grads
+        self.states = [opt.init(params[k]) for k, opt in enumerate(self.optimizers)]
+        self.group_of: dict[int, _Group] = {}
+        if not kernels.usable(params[0], grads[0], 0.0) or params.ndim != 2:
+            return
+        by_layout: dict[tuple, list[int]] = {}
+        for k, opt in enumerate(self.optimizers):
+            kernel = fused_paths(type(opt)).numba
+            if isinstance(kernel, kernels.RowsKernel) and np.isscalar(opt.lr):
+                by_layout.setdefault((kernel.name, kernel.state_arrays(opt)), []).append(k)
+        for (name, _), members in by_layout.items():
+            group = _Group(fused_paths(type(self.optimizers[members[0]])).numba, members, self.optimizers,
+                           self.states, params)
+            for k in members:
+                self.group_of[k] = group
+
+    def step(self, members: Sequence[int]) -> None:
+        """One update of each member in `members`, in one launch per group."""
+        grouped: dict[int, list[int]] = {}
+        for k in members:
+            group = self.group_of.get(k)
+            if group is None:
+                self.optimizers[k].update(self.params[k], self.grads[k], self.states[k])
+            else:
+                grouped.setdefault(id(group), []).append(k)
+        for ks in grouped.values():
+            self.group_of[ks[0]].update(self.params, self.grads, ks)
