@@ -170,7 +170,7 @@ class OursStep:
 
 class PopulationStep:
     """`members` nets in one input group, trained by `training.train_population` itself (its
-    shards on the cores, the divergence check, every member's own update): seconds per step
+    shards on the cores, the divergence check, the grouped fused updates): seconds per step
     from its timed intervals, warm-up excluded."""
 
     def __init__(self, sizes, batch, members, opt, device: Device):

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the optimizers the training loop uses most: one parallel pass per update.
+"""Fused CPU kernels for the optimizers the training loop uses most: one pass per update.
 
 The update rules in `optimizers.py` are the definition. Written with NumPy ufuncs they make
 10 to 15 passes over the parameters (an Adam update of 670k parameters took 0.8 ms, 3x torch's
@@ -8,9 +8,12 @@ That holds because each kernel performs the same IEEE operations in the same ord
 scalar rounded to the array's dtype first (as NumPy does with a Python float), and Numba does
 not contract a*b+c into a fused multiply-add unless asked to (no fastmath here).
 
-`Optimizer.update` calls them, for 1-D contiguous NumPy parameters with a scalar learning rate
-(the MLP's flat buffer), with the step already counted and its scalars (`step_scalars`) computed;
-everything else, and everything when Numba is missing, takes the ufunc path.
+Each kernel updates a group of members of a population in one launch, each member with its own
+hyperparameters and step scalars (per-member arrays): `updates.MemberUpdates` launches them
+over a population's rows, and `Optimizer.update` over one flat buffer as a group of one (1-D
+contiguous NumPy parameters with a scalar learning rate, the step already counted and its
+scalars, `step_scalars`, computed). Everything else, and everything when Numba is missing, takes
+the ufunc path.
 """
 
 from __future__ import annotations
