@@ -104,7 +104,11 @@ class Optimizer:
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the implementation whose rule and defaults this one follows
     defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3}
+    # Elementwise rules run on any array; the others reduce over tensors and take a layout
+    # (`init(p, layout)`, see `modern`).
+    elementwise: ClassVar[bool] = True
 
     def __init__(self, **hparams: Any) -> None:
         label = self.name or type(self).__name__
@@ -119,6 +123,8 @@ class Optimizer:
             value = hparams.get(key, default)
             if isinstance(default, bool):
                 value = bool(value)
+            elif default is None and value is None:  # "derived from the others", e.g. Prodigy's beta3
+                pass
             elif not (key == "lr" and not np.isscalar(value)):
                 value = float(value)
             self.hparams[key] = value
@@ -151,6 +157,11 @@ class Optimizer:
             fused.cuda(self, p, g, state, scalars)
         else:
             self._update_ufunc(p, g, state, scalars)
+
+    def evaluation_weights(self, p, state: dict):
+        """The weights to evaluate and report for parameters `p`: `p` itself, except for rules
+        that train one point and answer with another (Schedule-Free's average)."""
+        return p
 
     def step_scalars(self, state: dict):
         """The scalars of step `state["step"]` that every path of the rule takes (`step_scalars`)."""
@@ -549,10 +560,16 @@ class Adamax(Optimizer):
         p += work
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
+# The twelve rules of `torch.optim` (here); `OPTIMIZERS` adds the modern ones (`modern`) below.
+TORCH_OPTIM: dict[str, type[Optimizer]] = {
     cls.name: cls
     for cls in (SGD, Momentum, Nesterov, Adagrad, RMSprop, Adadelta, Adam, AdamW, AMSGrad, NAdam, RAdam, Adamax)
 }
+for _cls in TORCH_OPTIM.values():
+    _cls.reference = "torch.optim." + {"momentum": "SGD", "nesterov": "SGD", "amsgrad": "Adam"}.get(
+        _cls.name, _cls.__name__
+    )
+OPTIMIZERS: dict[str, type[Optimizer]] = dict(TORCH_OPTIM)
 
 
 class FusedPaths(NamedTuple):
@@ -581,6 +598,13 @@ _UFUNC_ONLY = FusedPaths(None, None)
 def fused_paths(cls: type) -> FusedPaths:
     """The fused kernels of an optimizer class: its family's row of `FUSED`, or none."""
     return next((FUSED[family] for family in cls.__mro__ if family in FUSED), _UFUNC_ONLY)
+
+
+def init_state(opt, p, layout=None) -> dict:
+    """`opt.init(p)`, with the layout of `p`'s tensors for a rule that is not elementwise."""
+    if getattr(opt, "elementwise", True):
+        return opt.init(p)
+    return opt.init(p, layout)
 
 
 def optimizer_class(spec: str) -> type:
@@ -759,3 +783,10 @@ def select_contenders(specs: list[str], pairs: list[str], lr: float | None = Non
             checked["lr"] = lr
         instantiate(cls, **checked)
     return [Contender(label, cls, typed[label]) for label, cls in selected]
+
+
+# The modern rules subclass `Optimizer` above, so they join the table once it exists. The
+# package's `__init__` imports this module first, so `modern` always finds it complete.
+from optbench import modern  # noqa: E402
+
+OPTIMIZERS.update(modern.OPTIMIZERS)

@@ -1,0 +1,314 @@
+"""The optimizers researchers compare against today, each with the rule and defaults of a named
+reference implementation (`reference`), written once against `xp` like the classic ones.
+
+Two kinds of rule live here. Elementwise rules (Lion, Schedule-Free, AdEMAMix) run on any array:
+a surface's point cloud, a flat buffer, a population's row. The others reduce over tensors:
+LAMB's trust ratio and Adafactor's factored moments are per tensor, Muon orthogonalises each
+weight matrix, Prodigy's step-size estimate sums over all of a model's parameters. They see the
+structure through a layout (`init(p, layout)`: the (name, shape) of each tensor in a member's
+flat buffer, `mlp.parameter_shapes`); without one, each row of `p` is one member's vector (a
+point on a surface), reduced on its own.
+
+A reference's arithmetic is followed operation by operation where it is elementwise; reductions
+(norms, dot products) sum in NumPy's order, not torch's, so those rules agree with their
+references to float64 rounding of a sum rather than to the last ulp.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from optbench.backend import get_array_module
+from optbench.errors import OptbenchError
+from optbench.optimizers import Optimizer, _lerp_, _scratch, _square_avg_
+
+
+def tensors(p, layout):
+    """The tensors of `p`, each with a leading member axis: with a layout, views into one
+    member's flat buffer shaped (1, *shape); without, `p` itself as one vector per row."""
+    if layout is None:
+        return [p if p.ndim >= 2 else p[None]]
+    views, offset = [], 0
+    for _, shape in layout:
+        size = math.prod(shape)
+        views.append(p[offset : offset + size].reshape((1, *shape)))
+        offset += size
+    if offset != p.shape[-1] or p.ndim != 1:
+        raise OptbenchError(f"a layout of {offset} parameters does not fit a buffer of shape {p.shape}")
+    return views
+
+
+def _per_member(x, reduce):
+    """`reduce` ('sum' or 'max') of x over all but its leading axis, shaped to broadcast against x."""
+    flat = x.reshape(x.shape[0], -1)
+    value = flat.sum(axis=1) if reduce == "sum" else flat.max(axis=1)
+    return value.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def _norm(x):
+    return get_array_module(x).sqrt(_per_member(x * x, "sum"))
+
+
+class _Layered(Optimizer):
+    """A rule that needs the tensors of what it updates: `init(p, layout)` keeps the layout."""
+
+    elementwise: ClassVar[bool] = False
+
+    def init(self, p, layout=None) -> dict:
+        tensors(p, layout)  # refuse a layout that does not fit now, not at the first step
+        return {"step": 0, "layout": layout, **self._init_state(p, layout)}
+
+    def _init_state(self, p, layout) -> dict:
+        return {}
+
+
+class Lion(Optimizer):
+    """Lion (EvoLved Sign Momentum), as `lion_pytorch.Lion`:
+
+        p <- p * (1 - lr * wd)       (wd / lr0 instead of wd with decoupled_weight_decay)
+        p <- p - lr * sign(beta1 * m + (1 - beta1) * g)
+        m <- beta2 * m + (1 - beta2) * g
+    """
+
+    name = "lion"
+    paper = "Chen et al. 2023"
+    reference = "lion-pytorch 0.2 Lion"
+    defaults = {"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0, "decoupled_weight_decay": False}
+
+    def init(self, p) -> dict:
+        return {"step": 0, "exp_avg": get_array_module(p).zeros_like(p)}
+
+    def step_scalars(self, state: dict):
+        wd = self.weight_decay / self.lr if self.decoupled_weight_decay else self.weight_decay
+        return (1 - self.lr * wd, -self.lr)
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        xp = get_array_module(p)
+        decay_factor, neg_lr = scalars
+        (update,) = _scratch(state, p, 1)
+        p *= decay_factor
+        exp_avg = state["exp_avg"]
+        xp.multiply(exp_avg, self.beta1, out=update)
+        update += g * (1 - self.beta1)
+        xp.sign(update, out=update)
+        update *= neg_lr
+        p += update
+        exp_avg *= self.beta2
+        exp_avg += g * (1 - self.beta2)
+
+
+def _schedule_free_scalars(opt, state: dict, beta: float):
+    """Step k's (k = step - 1) lr under the warmup, and the averaging weight c_{k+1}, as the
+    reference computes them, advancing its running lr_max and weight sum."""
+    k = state["step"] - 1
+    sched = (k + 1) / opt.warmup_steps if k < opt.warmup_steps else 1.0
+    lr = opt.lr * sched
+    lr_max = state["lr_max"] = np.maximum(lr, state["lr_max"]) if not np.isscalar(lr) else max(lr, state["lr_max"])
+    weight = ((k + 1) ** opt.r) * (lr_max**opt.weight_lr_power)
+    weight_sum = state["weight_sum"] = state["weight_sum"] + weight
+    ckp1 = weight / weight_sum if np.all(weight_sum != 0) else 0 * weight
+    return lr, ckp1, lr * (beta * (1 - ckp1) - 1)
+
+
+def _lerp_any_(start, end, weight, work) -> None:
+    """`_lerp_` for a weight that may be an array (one per row): torch's two forms, chosen per row."""
+    if np.isscalar(weight):
+        _lerp_(start, end, float(weight), work)
+        return
+    xp = get_array_module(start)
+    weight = xp.asarray(weight)
+    xp.subtract(end, start, out=work)
+    small = xp.abs(weight) < 0.5
+    near_start = start + work * weight
+    near_end = end - work * (1 - weight)
+    start[...] = xp.where(small, near_start, near_end)
+
+
+class _ScheduleFree(Optimizer):
+    """Schedule-Free (Defazio et al. 2024). The parameters are the gradient point y; the
+    averaged weights x = lerp(y, z, 1 - 1/beta), which the reference's `eval()` switches to, are
+    what is evaluated and reported (`evaluation_weights`)."""
+
+    def evaluation_weights(self, p, state: dict):
+        """x, the averaged weights, from y (= p) and z; p itself before the first step."""
+        if state["step"] == 0:
+            return p
+        x = p.copy()
+        _lerp_any_(x, state["z"], 1 - 1 / self._beta, get_array_module(p).empty_like(p))
+        return x
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    """Schedule-Free AdamW, as `schedulefree.AdamWScheduleFree` (train mode):
+
+        v <- beta2 v + (1 - beta2) g^2;  u <- g / (sqrt(v / (1 - beta2^t)) + eps) + wd * y
+        y <- lerp(y, z, c);  y <- y + lr (beta1 (1 - c) - 1) u;  z <- z - lr u
+    with c = w_t / sum w (w_t = t^r lr_max^weight_lr_power) and lr warmed up over warmup_steps.
+    """
+
+    name = "sf_adamw"
+    paper = "Defazio et al. 2024"
+    reference = "schedulefree 1.4 AdamWScheduleFree"
+    defaults = {"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0.0,
+                "r": 0.0, "weight_lr_power": 2.0}
+
+    @property
+    def _beta(self) -> float:
+        return self.beta1
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "z": p.copy(), "exp_avg_sq": xp.zeros_like(p), "lr_max": -1.0, "weight_sum": 0.0}
+
+    def step_scalars(self, state: dict):
+        lr, ckp1, y_coef = _schedule_free_scalars(self, state, self.beta1)
+        return lr, ckp1, y_coef, 1 - self.beta2 ** state["step"]
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        xp = get_array_module(p)
+        lr, ckp1, y_coef, bias_correction2 = scalars
+        u, work = _scratch(state, p, 2)
+        exp_avg_sq, z = state["exp_avg_sq"], state["z"]
+        _square_avg_(exp_avg_sq, g, self.beta2, work)
+        xp.divide(exp_avg_sq, bias_correction2, out=work)
+        xp.sqrt(work, out=work)
+        work += self.eps
+        xp.divide(g, work, out=u)
+        if self.weight_decay != 0:
+            u += p * self.weight_decay
+        _lerp_any_(p, z, ckp1, work)
+        p += u * y_coef
+        z -= u * lr
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    """Schedule-Free SGD, as `schedulefree.SGDScheduleFree` (train mode):
+
+        u <- g + wd * y;  y <- lerp(y, z, c);  y <- y + lr (momentum (1 - c) - 1) u;  z <- z - lr u
+    """
+
+    name = "sf_sgd"
+    paper = "Defazio et al. 2024"
+    reference = "schedulefree 1.4 SGDScheduleFree"
+    defaults = {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0.0, "r": 0.0,
+                "weight_lr_power": 2.0}
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.momentum < 1:
+            raise OptbenchError(f"{self.name}: invalid momentum {self.momentum!r} (must be in (0, 1))")
+
+    @property
+    def _beta(self) -> float:
+        return self.momentum
+
+    def init(self, p) -> dict:
+        return {"step": 0, "z": p.copy(), "lr_max": -1.0, "weight_sum": 0.0}
+
+    def step_scalars(self, state: dict):
+        return _schedule_free_scalars(self, state, self.momentum)
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        lr, ckp1, y_coef = scalars
+        u, work = _scratch(state, p, 2)
+        z = state["z"]
+        u[...] = g
+        if self.weight_decay != 0:
+            u += p * self.weight_decay
+        _lerp_any_(p, z, ckp1, work)
+        p += u * y_coef
+        z -= u * lr
+
+
+class Prodigy(Optimizer):
+    """Prodigy, as `prodigyopt.Prodigy` (one parameter group): Adam whose step is scaled by an
+    estimate d of the distance to the solution, grown from d0,
+
+        d_hat = d_coef * sum_t (d_t / d0) dlr_t <g_t, x0 - x_t> / |s|_1,  s <- beta3 s + (d / d0) dlr g
+    with dlr = d * lr (times Adam's bias correction with use_bias_correction), the moments
+    weighted by d and d^2, and the denominator sqrt(v) + d * eps. The sums run over all of a
+    member's parameters: a whole flat buffer, or one point of a surface (one row).
+    """
+
+    name = "prodigy"
+    paper = "Mishchenko & Defazio 2024"
+    reference = "prodigyopt 1.1 Prodigy"
+    defaults = {"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "beta3": None, "eps": 1e-8, "weight_decay": 0.0,
+                "decouple": True, "use_bias_correction": False, "safeguard_warmup": False, "d0": 1e-6, "d_coef": 1.0,
+                "growth_rate": math.inf}
+
+    def check(self) -> None:
+        super().check()
+        if self.d0 <= 0 or not self.eps > 0:
+            raise OptbenchError(f"{self.name}: d0 and eps must be > 0")
+        if self.beta3 is not None and not 0 <= self.beta3 <= 1:
+            raise OptbenchError(f"{self.name}: invalid beta3 {self.beta3!r} (must be in [0, 1])")
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        rows = p if p.ndim >= 2 else p[None]
+        # d and its kin are float64 whatever p is, as the reference's Python floats are; each
+        # product rounds them to p's dtype first, as torch rounds a Python scalar.
+        ones = xp.ones((rows.shape[0],) + (1,) * (rows.ndim - 1), dtype=np.float64)
+        state = {"step": 0, "k": 0, "s": xp.zeros_like(p), "p0": p.copy(), "exp_avg_sq": xp.zeros_like(p),
+                 "d": ones * self.d0, "d_max": ones * self.d0, "d_numerator": ones * 0}
+        if self.beta1 > 0:
+            state["exp_avg"] = xp.zeros_like(p)
+        return state
+
+    def step_scalars(self, state: dict):
+        return None  # d and its kin live in the state: they are per member, and change within the step
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        xp = get_array_module(p)
+        t = p.dtype
+        beta1, beta2 = self.beta1, self.beta2
+        beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
+        rows = (lambda a: a) if p.ndim >= 2 else (lambda a: a[None])
+        k, d, d_max = state["k"], state["d"], state["d_max"]
+        lr = self.lr if np.isscalar(self.lr) else rows(xp.asarray(self.lr, dtype=np.float64))
+        bias_correction = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1)) if self.use_bias_correction else 1
+        dlr = d * lr * bias_correction
+        d_numerator = state["d_numerator"] * beta3
+        if self.weight_decay != 0 and not self.decouple:
+            g = g + p * self.weight_decay
+        gr, pr = rows(g), rows(p)
+        dot = _per_member(gr * (rows(state["p0"]) - pr), "sum").astype(np.float64)
+        delta_numerator = (d / self.d0) * dlr * dot
+        if beta1 > 0:
+            exp_avg = rows(state["exp_avg"])
+            exp_avg *= beta1
+            exp_avg += gr * (d * (1 - beta1)).astype(t)
+        exp_avg_sq = rows(state["exp_avg_sq"])
+        exp_avg_sq *= beta2
+        exp_avg_sq += (d * d * (1 - beta2)).astype(t) * gr * gr
+        s = rows(state["s"])
+        s *= beta3
+        s += gr * ((d / self.d0) * (d if self.safeguard_warmup else dlr)).astype(t)
+        d_denom = _per_member(xp.abs(s), "sum").astype(np.float64)
+        moving = d_denom != 0  # the reference returns before the step where the sum is 0
+        numerator = d_numerator + delta_numerator
+        d_hat = self.d_coef * numerator / xp.where(moving, d_denom, 1)
+        new_d = xp.where(d == self.d0, xp.maximum(d, d_hat), d)
+        new_d_max = xp.maximum(d_max, d_hat)
+        new_d = xp.minimum(new_d_max, new_d * self.growth_rate)
+        state["d"] = xp.where(moving, new_d, d)
+        state["d_max"] = xp.where(moving, new_d_max, d_max)
+        state["d_numerator"] = xp.where(moving, numerator, state["d_numerator"])
+        d = state["d"]
+        denom = xp.sqrt(exp_avg_sq) + (d * self.eps).astype(t)
+        if self.weight_decay != 0 and self.decouple:
+            pr += xp.where(moving, pr * (-self.weight_decay * dlr).astype(t), 0)
+        if beta1 > 0:
+            pr += xp.where(moving, (exp_avg / denom) * (-dlr).astype(t), 0)
+        else:
+            pr += xp.where(moving, (gr / denom) * (-dlr * d).astype(t), 0)
+        state["k"] = k + 1 if bool(xp.all(moving)) else k
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy)
+}
