@@ -309,6 +309,102 @@ class Prodigy(Optimizer):
         state["k"] = k + 1 if bool(xp.all(moving)) else k
 
 
+class AdEMAMix(Optimizer):
+    """AdEMAMix, as `pytorch_optimizer.AdEMAMix`: Adam plus a slow EMA of the gradients,
+
+        m <- lerp(m, g, 1 - beta1);  v <- beta2 v + (1 - beta2) g^2;  s <- lerp(s, g, 1 - beta3_t)
+        p <- p - lr (m / (1 - beta1^t) + alpha_t s) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    with alpha_t and beta3_t warmed up over t_alpha_beta3 steps when it is set (constant when not).
+    """
+
+    name = "ademamix"
+    paper = "Pagliardini, Ablin & Grangier 2024"
+    reference = "pytorch-optimizer 4.1 AdEMAMix"
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "beta3": 0.9999, "alpha": 5.0, "t_alpha_beta3": None,
+                "eps": 1e-8, "weight_decay": 0.0, "weight_decouple": False}
+    ranges = {"alpha": (lambda v: v >= 0, ">= 0"), "beta3": (lambda v: 0 <= v < 1, "in [0, 1)"),
+              "t_alpha_beta3": (lambda v: v > 0, "> 0")}
+
+    def init(self, p) -> dict:
+        xp = get_array_module(p)
+        return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p),
+                "exp_avg_slow": xp.zeros_like(p)}
+
+    def step_scalars(self, state: dict):
+        t, T = state["step"], self.t_alpha_beta3
+        if T is None:
+            alpha, beta3 = self.alpha, self.beta3
+        else:
+            alpha = min(t * self.alpha / T, self.alpha)
+            log1, log3 = math.log(self.beta1), math.log(self.beta3)
+            beta3 = min(math.exp(log1 * log3 / ((1.0 - t / T) * log3 + (t / T) * log1)), self.beta3)
+        return alpha, beta3, 1 - self.beta1**t, (1 - self.beta2**t) ** 0.5
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        xp = get_array_module(p)
+        alpha, beta3, bias_correction1, bias_correction2_sqrt = scalars
+        decayed, work, update = _scratch(state, p, 3)
+        if self.weight_decay != 0:
+            if self.weight_decouple:
+                p *= 1 - self.weight_decay * self.lr
+            else:
+                xp.multiply(p, self.weight_decay, out=decayed)
+                decayed += g
+                g = decayed
+        exp_avg, exp_avg_sq, slow = state["exp_avg"], state["exp_avg_sq"], state["exp_avg_slow"]
+        _lerp_(exp_avg, g, 1 - self.beta1, work)
+        _square_avg_(exp_avg_sq, g, self.beta2, work)
+        _lerp_(slow, g, 1 - beta3, work)
+        xp.sqrt(exp_avg_sq, out=work)
+        work /= bias_correction2_sqrt
+        work += self.eps
+        xp.divide(exp_avg, bias_correction1, out=update)
+        update += slow * alpha
+        update *= -self.lr
+        update /= work
+        p += update
+
+
+class LAMB(_Layered):
+    """LAMB, as `pytorch_optimizer.Lamb`: Adam's direction, rescaled per tensor by a trust ratio,
+
+        m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;  u = m / (sqrt(v) + eps)
+        r = min(|p|, clamp) / (|u| + eps)   (1 where either norm is 0)
+        p <- p * (1 - lr wd);  p <- p - lr / (1 - beta1^t) * r u
+    over each tensor of a layout (each weight matrix and bias of a net), or each point of a surface.
+    """
+
+    name = "lamb"
+    paper = "You et al. 2020"
+    reference = "pytorch-optimizer 4.1 Lamb"
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.0, "clamp": 10.0}
+    ranges = {"clamp": (lambda v: v > 0, "> 0")}
+
+    def _init_state(self, p, layout) -> dict:
+        xp = get_array_module(p)
+        return {"exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p)}
+
+    def step_scalars(self, state: dict):
+        return self.lr / (1 - self.beta1 ** state["step"])
+
+    def _update_ufunc(self, p, g, state: dict, step_size) -> None:
+        xp = get_array_module(p)
+        if self.weight_decay != 0:
+            p *= 1 - self.weight_decay * self.lr
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        (work,) = _scratch(state, p, 1)
+        exp_avg *= self.beta1
+        exp_avg += g * (1 - self.beta1)
+        _square_avg_(exp_avg_sq, g, self.beta2, work)
+        update = 1 / (xp.sqrt(exp_avg_sq) + self.eps) * exp_avg
+        layout = state["layout"]
+        for weights, direction in zip(tensors(p, layout), tensors(update, layout)):
+            weight_norm = xp.minimum(_norm(weights), self.clamp)
+            update_norm = _norm(direction)
+            trust = xp.where((weight_norm != 0) & (update_norm != 0), weight_norm / (update_norm + self.eps), 1.0)
+            weights += (direction * trust.astype(p.dtype)) * -step_size
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy)
+    cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy, AdEMAMix, LAMB)
 }

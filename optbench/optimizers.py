@@ -109,6 +109,8 @@ class Optimizer:
     # Elementwise rules run on any array; the others reduce over tensors and take a layout
     # (`init(p, layout)`, see `modern`).
     elementwise: ClassVar[bool] = True
+    # A rule's own allowed range for a name that means something else elsewhere (AdEMAMix's alpha).
+    ranges: ClassVar[dict] = {}
 
     def __init__(self, **hparams: Any) -> None:
         label = self.name or type(self).__name__
@@ -134,10 +136,11 @@ class Optimizer:
     def check(self) -> None:
         """Refuse hyperparameters outside their documented ranges."""
         label = self.name or type(self).__name__
+        ranges = {**_RANGES, **self.ranges}
         for key, value in self.hparams.items():
-            if key not in _RANGES or isinstance(value, bool):
+            if key not in ranges or isinstance(value, bool) or value is None:
                 continue
-            ok, allowed = _RANGES[key]
+            ok, allowed = ranges[key]
             values = np.asarray(value)
             if not np.all(ok(values)) or not np.all(np.isfinite(values)):
                 shown = f"{value!r}" if values.ndim == 0 else f"values from {values.min():g} to {values.max():g}"

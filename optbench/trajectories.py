@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optbench.optimizers import OPTIMIZERS, instantiate, optimizer_label
+from optbench.optimizers import OPTIMIZERS, init_state, instantiate, optimizer_label
 from optbench.surfaces import Surface
 
 GAP_TOL = 1e-3  # steps_to_tol: the first step where loss - global minimum < GAP_TOL
@@ -88,14 +88,17 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int) -> tu
     positions = np.full((steps + 1, n, 2), np.nan)
     losses = np.full((steps + 1, n), np.nan)
     p = starts.copy()
-    state = optimizer.init(p)
+    state = init_state(optimizer, p)  # no layout: each row is one point, the rule's one vector
+    # What is recorded is the rule's answer: its evaluation weights (Schedule-Free's average),
+    # which for most rules are the parameters themselves.
+    answer = getattr(optimizer, "evaluation_weights", lambda p, state: p)
     positions[0], losses[0] = p, surface.value(p)
     # Overflow and NaN are expected here (that is divergence), and are found below, not warned.
     with np.errstate(all="ignore"):
         for t in range(1, steps + 1):
             optimizer.update(p, surface.gradient(p), state)
-            positions[t] = p
-            losses[t] = surface.value(p)
+            positions[t] = answer(p, state)
+            losses[t] = surface.value(positions[t])
             if not np.isfinite(losses[t]).any():
                 break
     return positions, losses

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optbench import kernels
-from optbench.optimizers import OPTIMIZERS, Adam, fused_paths, make_optimizer
+from optbench.optimizers import TORCH_OPTIM as OPTIMIZERS, Adam, fused_paths, make_optimizer
 
 from fused_settings import CPU_FUSED, CPU_SETTINGS
 

@@ -135,10 +135,42 @@ def test_prodigy_follows_prodigyopt(hparams):
     assert float(state["d"].max()) > 1e-6  # d grew from d0: the estimate is exercised
 
 
+@pytest.mark.parametrize("hparams", [{}, {"lr": 0.01, "alpha": 2.0, "beta3": 0.99, "t_alpha_beta3": 40.0},
+                                     {"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": True}])
+def test_ademamix_follows_pytorch_optimizer(hparams):
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason="pytorch-optimizer is not installed: no reference")
+    kwargs = {"lr": hparams.get("lr", 1e-3), "betas": (0.9, 0.999, hparams.get("beta3", 0.9999)),
+              "alpha": hparams.get("alpha", 5.0), "t_alpha_beta3": hparams.get("t_alpha_beta3"),
+              "weight_decay": hparams.get("weight_decay", 0.0), "weight_decouple": hparams.get("weight_decouple", False)}
+    _, _, _, mine = ours("ademamix", hparams)
+    _, _, theirs = reference(lambda ps: pytorch_optimizer.AdEMAMix(ps, **kwargs))
+    assert_same_trajectory(mine, theirs)
+
+
+@pytest.mark.parametrize("hparams", [{}, {"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.05, "beta1": 0.5, "clamp": 1.0}])
+def test_lamb_follows_pytorch_optimizer_with_a_trust_ratio_per_tensor(hparams):
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason="pytorch-optimizer is not installed: no reference")
+    kwargs = {"lr": hparams.get("lr", 1e-3), "betas": (hparams.get("beta1", 0.9), 0.999),
+              "weight_decay": hparams.get("weight_decay", 0.0)}
+
+    def make(params):
+        lamb = pytorch_optimizer.Lamb(params, **kwargs)
+        lamb.clamp = hparams.get("clamp", lamb.clamp)  # a class attribute there, not an argument
+        return lamb
+
+    _, _, _, mine = ours("lamb", hparams)
+    _, _, theirs = reference(make)
+    # The norms sum in NumPy's order, not torch's: equal to the rounding of a sum.
+    assert_same_trajectory(mine, theirs, rtol=1e-9, atol=1e-12)
+    # One trust ratio over the whole buffer is another rule: the layout matters.
+    _, _, _, flat = ours("lamb", hparams, layout=[("all", (18,))])
+    assert not np.allclose(flat[-1], theirs[-1], rtol=1e-6)
+
+
 # --- properties every modern rule has ------------------------------------------------------------
 
 POINTS = np.array([[3.0, -2.0], [-0.5, 0.25], [1e-3, 4.0], [1.5, 1.5]])
-SURFACE_LRS = {"lion": 1e-2, "sf_adamw": 0.05, "sf_sgd": 0.05, "prodigy": 1.0}
+SURFACE_LRS = {"lion": 1e-2, "sf_adamw": 0.05, "sf_sgd": 0.05, "prodigy": 1.0, "ademamix": 0.05, "lamb": 0.05}
 
 
 def run_points(name, p, steps=40, grad=gradient, **hparams):

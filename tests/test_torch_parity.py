@@ -25,7 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from optbench.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
+from optbench.optimizers import TORCH_OPTIM as OPTIMIZERS, make_optimizer  # noqa: E402  (the modern rules: test_modern.py)
 
 STEPS = 300
 RTOL = 1e-12
