@@ -56,6 +56,7 @@ class _Layered(Optimizer):
     """A rule that needs the tensors of what it updates: `init(p, layout)` keeps the layout."""
 
     elementwise: ClassVar[bool] = False
+    kind: ClassVar[str] = "per tensor"
 
     def init(self, p, layout=None) -> dict:
         tensors(p, layout)  # refuse a layout that does not fit now, not at the first step
@@ -236,6 +237,7 @@ class Prodigy(Optimizer):
     name = "prodigy"
     paper = "Mishchenko & Defazio 2024"
     reference = "prodigyopt 1.1 Prodigy"
+    kind = "per model"  # its sums run over a member's whole buffer, whatever its tensors: no layout
     defaults = {"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "beta3": None, "eps": 1e-8, "weight_decay": 0.0,
                 "decouple": True, "use_bias_correction": False, "safeguard_warmup": False, "d0": 1e-6, "d_coef": 1.0,
                 "growth_rate": math.inf}

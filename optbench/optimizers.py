@@ -109,6 +109,7 @@ class Optimizer:
     # Elementwise rules run on any array; the others reduce over tensors and take a layout
     # (`init(p, layout)`, see `modern`).
     elementwise: ClassVar[bool] = True
+    kind: ClassVar[str] = "elementwise"  # or what the rule reduces over: "per tensor", "per model", ...
     # A rule's own allowed range for a name that means something else elsewhere (AdEMAMix's alpha).
     ranges: ClassVar[dict] = {}
 

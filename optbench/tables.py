@@ -41,14 +41,17 @@ def surface_summary(summary: pd.DataFrame, title: str) -> Table:
 
 
 def optimizers_table() -> Table:
-    table = Table(title="Optimizers (torch.optim's update rules and defaults)", title_justify="left", header_style="bold")
+    table = Table(title="Optimizers: each follows the update rule and defaults of its reference", title_justify="left",
+                  header_style="bold")
     table.add_column("name", style="bold", no_wrap=True)
-    table.add_column("class")
+    table.add_column("reference")
+    table.add_column("kind")
     table.add_column("defaults")
     table.add_column("paper")
     for name, cls in OPTIMIZERS.items():
         defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
-        table.add_row(name, cls.__name__, defaults, cls.paper)
+        table.add_row(name, getattr(cls, "reference", ""), getattr(cls, "kind", "elementwise"), defaults,
+                      getattr(cls, "paper", ""))
     return table
 
 

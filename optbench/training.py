@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from optbench.backend import get_array_module, to_numpy
 from optbench.graphs import GraphedStep
-from optbench.mlp import MLP, Population, softmax_cross_entropy
+from optbench.mlp import MLP, Population, parameter_shapes, softmax_cross_entropy
 from optbench.updates import MemberUpdates
 
 # Six steps reach every code path of every built-in optimizer (RAdam's rectified branch starts at
@@ -226,7 +226,8 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
 
     # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
     saved = pop.snapshot()
-    warm_updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows)
+    layout = parameter_shapes(pop.sizes, pop.batchnorm)  # for the rules that work per tensor
+    warm_updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows, layout)
     warm_order = orders_of(0)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
@@ -235,7 +236,7 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
     pop.grad_rows[...] = 0
     del warm_updates
 
-    updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows)
+    updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows, layout)
     members = list(range(pop.k))
     done, orders, seconds, first = 0, {}, 0.0, 0
     try:
@@ -269,7 +270,9 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
                         break
             sync()
             seconds = time.perf_counter() - started
-            _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval, shards)
+            with updates.answering():  # evaluated at the weights each rule answers with
+                _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval,
+                                   shards)
     except KeyboardInterrupt:
         log.interrupted = True
     return log

@@ -14,11 +14,12 @@ reading or checkpointing one member's state needs nothing of the group.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 from optbench import kernels
-from optbench.optimizers import fused_paths
+from optbench.optimizers import fused_paths, init_state
 
 
 class _Group:
@@ -65,11 +66,12 @@ class MemberUpdates:
 
     `step(members)` updates the rows of `params` given by `members` (the others are left as they
     are: a frozen member keeps its weights and its state) from the matching rows of `grads`.
+    `layout` is the (name, shape) of each tensor in a row, for the rules that work per tensor.
     """
 
-    def __init__(self, optimizers, params, grads):
+    def __init__(self, optimizers, params, grads, layout=None):
         self.optimizers, self.params, self.grads = list(optimizers), params, grads
-        self.states = [opt.init(params[k]) for k, opt in enumerate(self.optimizers)]
+        self.states = [init_state(opt, params[k], layout) for k, opt in enumerate(self.optimizers)]
         self.group_of: dict[int, _Group] = {}
         if not kernels.usable(params[0], grads[0], 0.0) or params.ndim != 2:
             return
@@ -95,3 +97,20 @@ class MemberUpdates:
                 grouped.setdefault(id(group), []).append(k)
         for ks in grouped.values():
             self.group_of[ks[0]].update(self.params, self.grads, ks)
+
+    @contextmanager
+    def answering(self):
+        """Inside, each row holds its optimizer's evaluation weights (Schedule-Free's average:
+        what the reference's `eval()` switches to); afterwards, bitwise what it held before."""
+        saved = {}
+        for k, opt in enumerate(self.optimizers):
+            answer = getattr(opt, "evaluation_weights", None)
+            weights = answer(self.params[k], self.states[k]) if answer else self.params[k]
+            if weights is not self.params[k]:
+                saved[k] = self.params[k].copy()
+                self.params[k][...] = weights
+        try:
+            yield
+        finally:
+            for k, row in saved.items():
+                self.params[k][...] = row
