@@ -83,7 +83,8 @@ class Lion(Optimizer):
         return {"step": 0, "exp_avg": get_array_module(p).zeros_like(p)}
 
     def step_scalars(self, state: dict):
-        wd = self.weight_decay / self.lr if self.decoupled_weight_decay else self.weight_decay
+        # The reference divides by the lr it was built with, not by a scheduled one.
+        wd = self.weight_decay / self.hparams["lr"] if self.decoupled_weight_decay else self.weight_decay
         return (1 - self.lr * wd, -self.lr)
 
     def _update_ufunc(self, p, g, state: dict, scalars) -> None:
@@ -407,6 +408,160 @@ class LAMB(_Layered):
             weights += (direction * trust.astype(p.dtype)) * -step_size
 
 
+class Adafactor(_Layered):
+    """Adafactor, as `torch.optim.Adafactor`: a second moment factored into row and column means
+    for each matrix, kept whole for vectors, with a relative step size and update clipping,
+
+        rho = min(lr, 1 / sqrt(t));  alpha = max(eps2, RMS(p)) * rho;  p <- p * (1 - lr * wd)
+        R <- lerp(R, mean_cols(g^2), t^beta2_decay);  C <- lerp(C, mean_rows(g^2), t^beta2_decay)
+        V = R C / max(mean(R), eps1)   (a vector: V <- lerp(V, g^2, t^beta2_decay))
+        U = g / sqrt(max(V, eps1^2));  p <- p - alpha / max(1, RMS(U) / d) * U
+    eps1 None is the parameters' machine epsilon. Each matrix of a layout is factored; without a
+    layout each point of a surface is one vector (unfactored).
+    """
+
+    name = "adafactor"
+    paper = "Shazeer & Stern 2018"
+    reference = "torch.optim.Adafactor"
+    defaults = {"lr": 1e-2, "beta2_decay": -0.8, "eps1": None, "eps2": 1e-3, "d": 1.0, "weight_decay": 0.0}
+    ranges = {"beta2_decay": (lambda v: v <= 0, "<= 0"), "eps1": (lambda v: v >= 0, ">= 0"),
+              "eps2": (lambda v: v >= 0, ">= 0"), "d": (lambda v: v >= 1, ">= 1 (as torch requires)")}
+
+    def _init_state(self, p, layout) -> dict:
+        xp = get_array_module(p)
+        moments = []
+        for tensor in tensors(p, layout):
+            if tensor.ndim > 2:  # a matrix, after its member axis
+                moments.append((xp.zeros(tensor.shape[:-1] + (1,), dtype=p.dtype),
+                                xp.zeros(tensor.shape[:-2] + (1,) + tensor.shape[-1:], dtype=p.dtype)))
+            else:
+                moments.append(xp.zeros_like(tensor))
+        return {"moments": moments}
+
+    def step_scalars(self, state: dict):
+        t = state["step"]
+        lr = self.lr
+        rho = np.minimum(lr, 1 / t**0.5) if not np.isscalar(lr) else min(lr, 1 / t**0.5)
+        return t**self.beta2_decay, rho
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        xp = get_array_module(p)
+        weight, rho = scalars
+        layout = state["layout"]
+        eps1 = self.eps1 if self.eps1 is not None else float(np.finfo(p.dtype).eps)
+        for w, grad, moment in zip(tensors(p, layout), tensors(g, layout), state["moments"]):
+            size = math.prod(w.shape[1:])
+            alpha = xp.maximum(self.eps2, _norm(w) / size**0.5) * rho  # the parameters before decay
+            if self.weight_decay != 0:
+                w *= 1 - self.lr * self.weight_decay
+            if grad.ndim > 2:
+                row_var, col_var = moment
+                rows, cols = grad.shape[-2:]
+                row_mean = xp.sqrt((grad * grad).sum(axis=-1, keepdims=True)) ** 2 / cols
+                _lerp_any_(row_var, row_mean, weight, xp.empty_like(row_var))
+                col_mean = xp.sqrt((grad * grad).sum(axis=-2, keepdims=True)) ** 2 / rows
+                _lerp_any_(col_var, col_mean, weight, xp.empty_like(col_var))
+                estimate = xp.matmul(row_var, col_var) / xp.maximum(row_var.mean(axis=-2, keepdims=True), eps1)
+            else:
+                _lerp_any_(moment, grad * grad, weight, xp.empty_like(moment))
+                estimate = moment
+            update = 1 / xp.sqrt(xp.maximum(estimate, eps1 * eps1)) * grad
+            denom = xp.maximum(1.0, _norm(update) / (size**0.5 * self.d))
+            w += update * (-alpha / denom).astype(p.dtype)
+
+
+class Muon(_Layered):
+    """Muon, as `torch.optim.Muon`, for each weight matrix of a network, paired with AdamW for its
+    other parameters (biases, batch-norm scales), as torch's documentation pairs them:
+
+        B <- lerp(B, g, 1 - momentum);  U = lerp(g, B, momentum) (Nesterov) or B
+        O = NewtonSchulz_5(U)  (X <- a X + (b A + c A^2) X with A = X X^T, from U / max(|U|_F, eps))
+        p <- p * (1 - lr * wd);  p <- p - lr * sqrt(max(1, out / in)) * O
+    (`match_rms_adamw`: 0.2 * sqrt(max(out, in)) instead). A layout's matrices are (fan_in,
+    fan_out), the transpose of torch's `Linear.weight`; the lr adjustment uses torch's
+    (out, in). The Newton-Schulz products run in the parameters' dtype, where torch runs them in
+    bfloat16 (on a GPU a speed-up; the same iteration). The other parameters take torch's AdamW
+    with `adamw_lr`, `adamw_beta1`, `adamw_beta2`, `adamw_eps`, `adamw_weight_decay` (torch's
+    AdamW defaults). A surface's point is a vector, not a matrix: Muon refuses it.
+    """
+
+    name = "muon"
+    paper = "Jordan et al. 2024"
+    reference = "torch.optim.Muon (with torch.optim.AdamW for non-matrix parameters)"
+    kind = "per matrix"
+    defaults = {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True, "ns_steps": 5.0, "eps": 1e-7,
+                "ns_a": 3.4445, "ns_b": -4.775, "ns_c": 2.0315, "match_rms_adamw": False,
+                "adamw_lr": 1e-3, "adamw_beta1": 0.9, "adamw_beta2": 0.999, "adamw_eps": 1e-8,
+                "adamw_weight_decay": 1e-2}
+    ranges = {"ns_steps": (lambda v: 1 <= v < 100 and v == int(v), "a whole number in [1, 100)"),
+              "ns_a": (lambda v: True, "any"), "ns_b": (lambda v: True, "any"), "ns_c": (lambda v: True, "any"),
+              "adamw_lr": (lambda v: v > 0, "> 0"), "adamw_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+              "adamw_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"), "adamw_eps": (lambda v: v >= 0, ">= 0"),
+              "adamw_weight_decay": (lambda v: v >= 0, ">= 0")}
+
+    def _adamw(self):
+        """The AdamW of the non-matrix parameters, its lr scheduled as Muon's is."""
+        from optbench.optimizers import AdamW
+
+        scheduled = self.adamw_lr * (self.lr / self.hparams["lr"])
+        return AdamW(lr=scheduled, beta1=self.adamw_beta1, beta2=self.adamw_beta2, eps=self.adamw_eps,
+                     weight_decay=self.adamw_weight_decay)
+
+    def _init_state(self, p, layout) -> dict:
+        if layout is None:
+            raise OptbenchError(
+                "muon orthogonalises weight matrices: a point on a surface is a vector (run it on mnist)"
+            )
+        xp = get_array_module(p)
+        state = {"momentum_buffers": [], "adamw": []}
+        adamw = self._adamw()
+        for tensor in tensors(p, layout):
+            if tensor.ndim == 3:  # a matrix, after its member axis
+                state["momentum_buffers"].append(xp.zeros_like(tensor))
+            else:
+                state["adamw"].append(adamw.init(tensor))
+        return state
+
+    def step_scalars(self, state: dict):
+        return None
+
+    def _orthogonalised(self, update):
+        xp = get_array_module(update)
+        a, b, c = self.ns_a, self.ns_b, self.ns_c
+        x = update[0]
+        transposed = x.shape[0] > x.shape[1]
+        if transposed:
+            x = x.T
+        x = x / max(float(xp.sqrt((x * x).sum())), self.eps)
+        for _ in range(int(self.ns_steps)):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * (gram @ gram)) @ x
+        return (x.T if transposed else x)[None]
+
+    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+        if not np.isscalar(self.lr):
+            raise OptbenchError("muon takes one lr per network, not an array")
+        adamw = self._adamw()
+        buffers, adamw_states = iter(state["momentum_buffers"]), iter(state["adamw"])
+        for w, grad in zip(tensors(p, state["layout"]), tensors(g, state["layout"])):
+            if w.ndim != 3:
+                adamw.update(w, grad, next(adamw_states))
+                continue
+            buf = next(buffers)
+            work = get_array_module(w).empty_like(w)
+            _lerp_(buf, grad, 1 - self.momentum, work)
+            if self.nesterov:
+                update = grad.copy()
+                _lerp_(update, buf, self.momentum, work)
+            else:
+                update = buf
+            orthogonal = self._orthogonalised(update)
+            fan_in, fan_out = w.shape[1:]
+            ratio = 0.2 * math.sqrt(max(fan_out, fan_in)) if self.match_rms_adamw else math.sqrt(max(1, fan_out / fan_in))
+            w *= 1 - self.lr * self.weight_decay
+            w += orthogonal * (-(self.lr * ratio))
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy, AdEMAMix, LAMB)
+    cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy, AdEMAMix, LAMB, Adafactor, Muon)
 }

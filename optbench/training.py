@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from optbench.backend import get_array_module, to_numpy
 from optbench.graphs import GraphedStep
 from optbench.mlp import MLP, Population, parameter_shapes, softmax_cross_entropy
+from optbench.schedules import CONSTANT, Schedule, ScheduledLRs
 from optbench.updates import MemberUpdates
 
 # Six steps reach every code path of every built-in optimizer (RAdam's rectified branch starts at
@@ -160,6 +161,7 @@ def train_population(
     on_step: Callable[[int], None] | None = None,
     on_eval: Callable[[dict], None] | None = None,
     cuda_graph: bool = False,
+    schedule: Schedule = CONSTANT,
 ) -> PopulationLog:
     """Train every member of `pop` in place with its optimizer (`optimizers[k]` for row k).
 
@@ -169,6 +171,7 @@ def train_population(
     and after the last step. The last partial batch of an epoch is dropped. Ctrl-C stops the
     run and marks it interrupted; what was logged is kept.
     `cuda_graph` replays each step's gather, forward and backward as one CUDA graph (`graphs`).
+    `schedule` scales each member's lr, its peak, step by step over the `total` steps.
     """
     xp = get_array_module(pop.rows)
     if group_seeds is None:
@@ -181,18 +184,22 @@ def train_population(
     total = iterations if iterations is not None else epochs * per_epoch
     interval = eval_every or per_epoch
     log = PopulationLog(np.full((pop.k, total), np.nan), np.zeros(pop.k, dtype=np.int64))
+    lrs = ScheduledLRs(optimizers, schedule, total)
 
     def orders_of(epoch: int):
         return xp.asarray(np.stack([batch_order(len(x_train), epoch + 1, s, shuffle) for s in group_seeds]))
 
     graphed = GraphedStep(pop, x_train, y_train, (pop.n_groups, batch_size), weight_decay) if cuda_graph else None
     with Shards(pop) as shards:
-        return _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval,
-                      per_epoch, batch_size, weight_decay, sync, on_step, on_eval)
+        try:
+            return _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total,
+                          interval, per_epoch, batch_size, weight_decay, sync, on_step, on_eval, lrs)
+        finally:
+            lrs.restore()
 
 
 def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval, per_epoch,
-           batch_size, weight_decay, sync, on_step, on_eval) -> PopulationLog:
+           batch_size, weight_decay, sync, on_step, on_eval, lrs) -> PopulationLog:
     active = np.ones(pop.k, dtype=bool)
     batches: dict = {}
 
@@ -229,6 +236,7 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
     layout = parameter_shapes(pop.sizes, pop.batchnorm)  # for the rules that work per tensor
     warm_updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows, layout)
     warm_order = orders_of(0)
+    lrs.at(1)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
             step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_updates, check=False)
@@ -253,6 +261,7 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
             with np.errstate(all="ignore"):
                 while True:
                     epoch, b = divmod(done, per_epoch)
+                    lrs.at(done + 1)
                     # The K losses come back to the host each step (one sync on a GPU) for the
                     # divergence check; a member with a non-finite loss is frozen as it is.
                     values = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], updates)

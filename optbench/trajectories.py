@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optbench.optimizers import OPTIMIZERS, init_state, instantiate, optimizer_label
+from optbench.schedules import CONSTANT, Schedule, ScheduledLRs
 from optbench.surfaces import Surface
 
 GAP_TOL = 1e-3  # steps_to_tol: the first step where loss - global minimum < GAP_TOL
@@ -83,8 +84,10 @@ class SurfaceMember:
         return instantiate(self.cls, **{**self.hparams, "lr": self.lr})
 
 
-def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
+              schedule: Schedule = CONSTANT) -> tuple[np.ndarray, np.ndarray]:
     n = starts.shape[0]
+    lrs = ScheduledLRs([optimizer], schedule, steps)
     positions = np.full((steps + 1, n, 2), np.nan)
     losses = np.full((steps + 1, n), np.nan)
     p = starts.copy()
@@ -96,21 +99,24 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int) -> tu
     # Overflow and NaN are expected here (that is divergence), and are found below, not warned.
     with np.errstate(all="ignore"):
         for t in range(1, steps + 1):
+            lrs.at(t)
             optimizer.update(p, surface.gradient(p), state)
             positions[t] = answer(p, state)
             losses[t] = surface.value(positions[t])
             if not np.isfinite(losses[t]).any():
                 break
+    lrs.restore()
     return positions, losses
 
 
-def run(surface: Surface, optimizer, starts, steps: int) -> TrajectoryBatch:
-    """Run `optimizer` from each row of `starts` (N, 2) for `steps` steps, in float64."""
+def run(surface: Surface, optimizer, starts, steps: int, schedule: Schedule = CONSTANT) -> TrajectoryBatch:
+    """Run `optimizer` from each row of `starts` (N, 2) for `steps` steps, in float64, its lr
+    (the peak) scaled by `schedule` step by step."""
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
     if type(optimizer) in OPTIMIZERS.values():
-        positions, losses = _run_rows(surface, optimizer, starts, steps)
+        positions, losses = _run_rows(surface, optimizer, starts, steps, schedule)
     else:
-        rows = [_run_rows(surface, optimizer, starts[i : i + 1], steps) for i in range(starts.shape[0])]
+        rows = [_run_rows(surface, optimizer, starts[i : i + 1], steps, schedule) for i in range(starts.shape[0])]
         positions = np.concatenate([r[0] for r in rows], axis=1)
         losses = np.concatenate([r[1] for r in rows], axis=1)
     finite = np.isfinite(losses) & np.isfinite(positions).all(axis=-1)
@@ -126,7 +132,8 @@ def _same_optimizer(a: SurfaceMember, b: SurfaceMember) -> bool:
     return (a.optimizer, a.cls, a.hparams) == (b.optimizer, b.cls, b.hparams)
 
 
-def run_members(surface: Surface, members: list[SurfaceMember], steps: int) -> TrajectoryBatch:
+def run_members(surface: Surface, members: list[SurfaceMember], steps: int,
+                schedule: Schedule = CONSTANT) -> TrajectoryBatch:
     """Every member for `steps` steps; row k of the batch is member k.
 
     The members of one built-in optimizer (same label, class and hyperparameters) run as one
@@ -146,9 +153,9 @@ def run_members(surface: Surface, members: list[SurfaceMember], steps: int) -> T
         starts = np.array([m.start for m in group], dtype=np.float64)
         if group[0].cls in OPTIMIZERS.values():
             lrs = np.array([m.lr for m in group], dtype=np.float64)[:, None]
-            batches.append(run(surface, instantiate(group[0].cls, lr=lrs, **group[0].hparams), starts, steps))
+            batches.append(run(surface, instantiate(group[0].cls, lr=lrs, **group[0].hparams), starts, steps, schedule))
         else:
-            batches += [run(surface, m.build(), starts[i : i + 1], steps) for i, m in enumerate(group)]
+            batches += [run(surface, m.build(), starts[i : i + 1], steps, schedule) for i, m in enumerate(group)]
         order += rows
     batch = TrajectoryBatch.concat(batches)
     back = np.argsort(order)  # from group order back to member order
@@ -172,7 +179,8 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
     return np.min(np.linalg.norm(points[:, None, :] - minima[None, :, :], axis=-1), axis=1)
 
 
-def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID):
+def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID,
+            schedule: Schedule = CONSTANT):
     """Run every lr of `grid`; return (index of the best lr, batch with one row per lr).
 
     The grid is a population of one member per lr (`run_members`): one vectorised batch for a
@@ -184,7 +192,7 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     start = tuple(np.asarray(start, dtype=np.float64))
     hparams = {k: v for k, v in hparams.items() if k != "lr"}
     members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), start) for lr in grid]
-    batch = run_members(surface, members, steps)
+    batch = run_members(surface, members, steps, schedule)
     final = np.where(batch.diverged, np.inf, batch.final_losses)
     reached = steps_to_tol(surface, batch)
     reached = np.where(reached < 0, steps + 1, reached)

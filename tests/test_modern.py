@@ -167,10 +167,126 @@ def test_lamb_follows_pytorch_optimizer_with_a_trust_ratio_per_tensor(hparams):
     assert not np.allclose(flat[-1], theirs[-1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("hparams", [{}, {"lr": 0.05, "weight_decay": 0.1, "beta2_decay": -0.5, "eps1": 1e-20},
+                                     {"lr": 0.02, "d": 2.0, "eps2": 1e-2}])
+def test_adafactor_follows_torch_with_factored_matrices(hparams):
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch.optim, "Adafactor"):
+        pytest.skip("this torch has no torch.optim.Adafactor (torch >= 2.5): no reference")
+    kwargs = {"lr": hparams.get("lr", 1e-2), "beta2_decay": hparams.get("beta2_decay", -0.8),
+              "eps": (hparams.get("eps1"), hparams.get("eps2", 1e-3)), "d": hparams.get("d", 1.0),
+              "weight_decay": hparams.get("weight_decay", 0.0)}
+    _, _, state, mine = ours("adafactor", hparams)
+    _, _, theirs = reference(lambda ps: torch.optim.Adafactor(ps, **kwargs))
+    # Norms and means sum in NumPy's order; over 100 steps of relative step sizes that grows to
+    # about 1e-11 near zero.
+    assert_same_trajectory(mine, theirs, rtol=1e-9, atol=1e-10)
+    row, col = state["moments"][0]
+    assert row.shape == (1, 5, 1) and col.shape == (1, 1, 3)  # the matrix's moment is factored
+    assert state["moments"][1].shape == (1, 3)  # the bias's is whole
+
+
+MUON_SHAPES = [("W0", (5, 3)), ("b0", (3,)), ("W1", (3, 4)), ("b1", (4,))]
+
+
+def _muon_reference(hparams, steps, newton_schulz_in_float64: bool):
+    """torch.optim.Muon on each matrix (given as torch's (out, in): our (in, out) transposed) and
+    torch.optim.AdamW on the biases, as a user pairs them."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("this torch has no torch.optim.Muon (torch >= 2.9): no reference")
+    import torch.optim._muon as muon_module
+
+    flat = np.random.default_rng(1).uniform(-1, 1, sum(math.prod(s) for _, s in MUON_SHAPES))
+    tensors, offset = [], 0
+    for _, shape in MUON_SHAPES:
+        size = math.prod(shape)
+        block = flat[offset : offset + size].reshape(shape)
+        tensors.append(torch.tensor(block.T.copy() if len(shape) == 2 else block, requires_grad=True))
+        offset += size
+    matrices = [t for t in tensors if t.ndim == 2]
+    others = [t for t in tensors if t.ndim != 2]
+    muon = torch.optim.Muon(matrices, lr=hparams.get("lr", 1e-3), weight_decay=0.1, momentum=0.95,
+                            nesterov=hparams.get("nesterov", True),
+                            adjust_lr_fn="match_rms_adamw" if hparams.get("match_rms_adamw") else None)
+    adamw = torch.optim.AdamW(others, lr=1e-3)
+
+    def newton_schulz_float64(grad, ns_coefficients, ns_steps, eps):
+        a, b, c = ns_coefficients
+        x = grad.to(torch.float64)
+        if grad.size(0) > grad.size(1):
+            x = x.T
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(ns_steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x.T if grad.size(0) > grad.size(1) else x
+
+    original = muon_module._zeropower_via_newtonschulz
+    if newton_schulz_in_float64:
+        muon_module._zeropower_via_newtonschulz = newton_schulz_float64
+    trajectory = []
+    try:
+        for _ in range(steps):
+            current = np.concatenate([(t.detach().numpy().T if t.ndim == 2 else t.detach().numpy()).reshape(-1)
+                                      for t in tensors])
+            g = gradient(current)
+            offset = 0
+            for t, (_, shape) in zip(tensors, MUON_SHAPES):
+                size = math.prod(shape)
+                block = g[offset : offset + size].reshape(shape)
+                t.grad = torch.tensor(block.T.copy() if len(shape) == 2 else block)
+                offset += size
+            muon.step()
+            adamw.step()
+            trajectory.append(np.concatenate([(t.detach().numpy().T if t.ndim == 2 else t.detach().numpy()).reshape(-1)
+                                              for t in tensors]))
+    finally:
+        muon_module._zeropower_via_newtonschulz = original
+    return flat, trajectory
+
+
+def _muon_ours(hparams, steps, flat):
+    opt = make_optimizer("muon", **hparams)
+    p = flat.copy()
+    state = init_state(opt, p, MUON_SHAPES)
+    trajectory = []
+    for _ in range(steps):
+        opt.update(p, gradient(p), state)
+        trajectory.append(p.copy())
+    return trajectory
+
+
+@pytest.mark.parametrize("hparams", [{}, {"lr": 0.02, "nesterov": False}, {"lr": 0.01, "match_rms_adamw": True}])
+def test_muon_follows_torch_on_matrices_and_adamw_on_the_rest(hparams):
+    # torch runs Newton-Schulz in bfloat16; with the same iteration in float64 the rules agree to
+    # float64 rounding, which checks everything around it (momentum, Nesterov, the lr
+    # adjustment in torch's (out, in) convention, weight decay, the AdamW pairing).
+    flat, theirs = _muon_reference(hparams, 50, newton_schulz_in_float64=True)
+    assert_same_trajectory(_muon_ours(hparams, 50, flat), theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_muon_is_torch_muon_to_bfloat16_precision():
+    flat, theirs = _muon_reference({}, 20, newton_schulz_in_float64=False)
+    mine = _muon_ours({}, 20, flat)
+    moved_theirs, moved_mine = theirs[-1] - flat, mine[-1] - flat
+    # bfloat16 keeps 8 bits: the steps agree to a few parts in a hundred, not to float64.
+    np.testing.assert_allclose(moved_mine, moved_theirs, rtol=0.05, atol=2e-4)
+
+
+def test_muon_refuses_a_surface_point_in_one_line():
+    opt = make_optimizer("muon")
+    with pytest.raises(OptbenchError) as excinfo:
+        init_state(opt, POINTS.copy())
+    assert "matri" in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
 # --- properties every modern rule has ------------------------------------------------------------
 
 POINTS = np.array([[3.0, -2.0], [-0.5, 0.25], [1e-3, 4.0], [1.5, 1.5]])
-SURFACE_LRS = {"lion": 1e-2, "sf_adamw": 0.05, "sf_sgd": 0.05, "prodigy": 1.0, "ademamix": 0.05, "lamb": 0.05}
+SURFACE_LRS = {"lion": 1e-2, "sf_adamw": 0.05, "sf_sgd": 0.05, "prodigy": 1.0, "ademamix": 0.05, "lamb": 0.05,
+               "adafactor": 0.05}
+POINT_RULES = sorted(set(MODERN) - {"muon"})  # muon needs matrices
 
 
 def run_points(name, p, steps=40, grad=gradient, **hparams):
@@ -182,14 +298,14 @@ def run_points(name, p, steps=40, grad=gradient, **hparams):
     return p
 
 
-@pytest.mark.parametrize("name", sorted(MODERN))
+@pytest.mark.parametrize("name", POINT_RULES)
 def test_points_of_a_cloud_move_as_if_alone(name):
     together = run_points(name, POINTS)
     for i, row in enumerate(POINTS):
         np.testing.assert_allclose(together[i], run_points(name, row[None])[0], rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("name", sorted(MODERN))
+@pytest.mark.parametrize("name", POINT_RULES)
 def test_a_per_row_lr_array_equals_separate_runs(name):
     lrs = np.array([0.3, 1.0, 2.0, 0.5])[:, None] * SURFACE_LRS[name]
     together = run_points(name, POINTS, lr=lrs)
@@ -202,7 +318,7 @@ def bowl(p):
     return p * np.array([1.0, 4.0], dtype=p.dtype) + p.dtype.type(0.1)
 
 
-@pytest.mark.parametrize("name", sorted(set(MODERN) - {"prodigy"}))
+@pytest.mark.parametrize("name", sorted(set(POINT_RULES) - {"prodigy"}))
 def test_float32_stays_float32_and_tracks_float64(name):
     p32 = run_points(name, POINTS.astype(np.float32), grad=bowl)
     assert p32.dtype == np.float32
@@ -226,7 +342,7 @@ def test_prodigy_in_float32_follows_prodigyopt_in_float32():
         np.testing.assert_allclose(mine, p.detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(MODERN))
+@pytest.mark.parametrize("name", POINT_RULES)
 def test_descends_the_smooth_function(name):
     def f(p):
         return (0.25 * p * p - np.cos(3 * p) / 3 + 0.1 * p).sum(axis=-1)
