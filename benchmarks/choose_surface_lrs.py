@@ -52,7 +52,8 @@ def choose(surface, cls) -> float:
 
 
 def main() -> None:
-    table = {s.name: {name: choose(s, cls) for name, cls in OPTIMIZERS.items()} for s in SURFACES.values()}
+    table = {s.name: {name: choose(s, cls) for name, cls in OPTIMIZERS.items() if not cls.needs_matrices}
+             for s in SURFACES.values()}
     lines = [
         '"""Default learning rates per surface and optimizer, written by benchmarks/choose_surface_lrs.py.',
         "",

@@ -110,7 +110,7 @@ def surface_command(
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     lrs = lr or []
     surface_run.check_lrs(lrs, tune)
-    contenders = select_contenders(opt or [], hp or [])
+    contenders = select_contenders(opt or [], hp or [], points=True)
     surfaces = surface_run.select_surfaces(fn or [])
     prepare_dir(out)
     written = []

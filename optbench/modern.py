@@ -489,6 +489,7 @@ class Muon(_Layered):
     paper = "Jordan et al. 2024"
     reference = "torch.optim.Muon (with torch.optim.AdamW for non-matrix parameters)"
     kind = "per matrix"
+    needs_matrices = True
     defaults = {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True, "ns_steps": 5.0, "eps": 1e-7,
                 "ns_a": 3.4445, "ns_b": -4.775, "ns_c": 2.0315, "match_rms_adamw": False,
                 "adamw_lr": 1e-3, "adamw_beta1": 0.9, "adamw_beta2": 0.999, "adamw_eps": 1e-8,

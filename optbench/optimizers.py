@@ -110,6 +110,7 @@ class Optimizer:
     # (`init(p, layout)`, see `modern`).
     elementwise: ClassVar[bool] = True
     kind: ClassVar[str] = "elementwise"  # or what the rule reduces over: "per tensor", "per model", ...
+    needs_matrices: ClassVar[bool] = False  # updates weight matrices only (Muon): no surfaces
     # A rule's own allowed range for a name that means something else elsewhere (AdEMAMix's alpha).
     ranges: ClassVar[dict] = {}
 
@@ -763,12 +764,22 @@ class Contender:
     hparams: dict
 
 
-def select_optimizers(specs: list[str], default: str = "all") -> list[tuple[str, type]]:
-    """(label, class) for each `--opt`, in order, with `all` expanded and duplicates dropped."""
+def select_optimizers(specs: list[str], default: str = "all", points: bool = False) -> list[tuple[str, type]]:
+    """(label, class) for each `--opt`, in order, with `all` expanded and duplicates dropped.
+
+    `points`: for a surface, whose parameters are points, not matrices: `all` leaves out the
+    rules that only update matrices (Muon), and naming one is refused with the reason.
+    """
     chosen: dict[str, type] = {}
     for spec in specs or [default]:
-        pairs = OPTIMIZERS.items() if spec == "all" else [(None, optimizer_class(spec))]
+        if spec == "all":
+            pairs = [(label, cls) for label, cls in OPTIMIZERS.items() if not (points and cls.needs_matrices)]
+        else:
+            pairs = [(None, optimizer_class(spec))]
         for label, cls in pairs:
+            if points and getattr(cls, "needs_matrices", False):
+                raise OptbenchError(f"{optimizer_label(cls)} orthogonalises weight matrices: a point on a surface is "
+                                    "a vector (run it with `optbench mnist`)")
             label = label or optimizer_label(cls)
             if label in chosen and chosen[label] is not cls:
                 raise OptbenchError(f"two optimizers are both called {label!r}: give {spec!r} a `name` of its own")
@@ -776,10 +787,11 @@ def select_optimizers(specs: list[str], default: str = "all") -> list[tuple[str,
     return list(chosen.items())
 
 
-def select_contenders(specs: list[str], pairs: list[str], lr: float | None = None, default: str = "all") -> list[Contender]:
+def select_contenders(specs: list[str], pairs: list[str], lr: float | None = None, default: str = "all",
+                      points: bool = False) -> list[Contender]:
     """The optimizers a command runs, with typed `--hp` values, each built once now so that a
-    bad hyperparameter stops the run before anything is written."""
-    selected = select_optimizers(specs, default)
+    bad hyperparameter stops the run before anything is written (`points`: for surfaces)."""
+    selected = select_optimizers(specs, default, points)
     typed = resolve_hparams(selected, pairs)
     for label, cls in selected:
         checked = dict(typed[label])

@@ -132,9 +132,9 @@ SETTINGS = {
 # --- running the suites ---------------------------------------------------------------------
 
 
-def _optimizers(settings: dict) -> list[tuple[str, type]]:
+def _optimizers(settings: dict, points: bool = False) -> list[tuple[str, type]]:
     names = settings.get("optimizers", "all")
-    return select_optimizers([names] if isinstance(names, str) else list(names))
+    return select_optimizers([names] if isinstance(names, str) else list(names), points=points)
 
 
 def run_surface_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
@@ -149,7 +149,7 @@ def run_surface_suite(suite: Suite, nudge: int | None = None) -> pd.DataFrame:
 
     names = suite.settings.get("surfaces", "all")
     lr = suite.settings.get("lr", "table")
-    contenders = [Contender(label, cls, {}) for label, cls in _optimizers(suite.settings)]
+    contenders = [Contender(label, cls, {}) for label, cls in _optimizers(suite.settings, points=True)]
     rows = []
     for surface in select_surfaces([names] if isinstance(names, str) else list(names)):
         start = np.asarray(surface.start, dtype=np.float64)

@@ -23,6 +23,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.398,
         'ademamix': 1.58,
         'lamb': 0.0251,
+        'adafactor': 0.398,
     },
     'rosenbrock': {
         'sgd': 0.001,
@@ -43,6 +44,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.0251,
         'ademamix': 0.0398,
         'lamb': 0.00631,
+        'adafactor': 0.0631,
     },
     'beale': {
         'sgd': 0.01,
@@ -63,6 +65,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.251,
         'ademamix': 0.631,
         'lamb': 0.00631,
+        'adafactor': 0.01,
     },
     'himmelblau': {
         'sgd': 0.00631,
@@ -83,6 +86,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.158,
         'ademamix': 0.398,
         'lamb': 0.0398,
+        'adafactor': 0.0631,
     },
     'rastrigin': {
         'sgd': 0.00158,
@@ -103,6 +107,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 1,
         'ademamix': 0.158,
         'lamb': 0.01,
+        'adafactor': 0.1,
     },
     'ackley': {
         'sgd': 0.0398,
@@ -123,6 +128,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.1,
         'ademamix': 0.251,
         'lamb': 0.0631,
+        'adafactor': 0.398,
     },
     'booth': {
         'sgd': 0.0251,
@@ -143,6 +149,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.158,
         'ademamix': 2.51,
         'lamb': 0.0251,
+        'adafactor': 0.398,
     },
     'goldstein_price': {
         'sgd': 1.58e-05,
@@ -163,6 +170,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.158,
         'ademamix': 0.0631,
         'lamb': 0.00631,
+        'adafactor': 0.0398,
     },
     'six_hump_camel': {
         'sgd': 0.00631,
@@ -183,6 +191,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.251,
         'ademamix': 0.251,
         'lamb': 0.0158,
+        'adafactor': 0.251,
     },
     'styblinski_tang': {
         'sgd': 0.0158,
@@ -203,6 +212,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.631,
         'ademamix': 1,
         'lamb': 0.0251,
+        'adafactor': 0.251,
     },
     'branin': {
         'sgd': 0.0251,
@@ -223,6 +233,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.158,
         'ademamix': 1,
         'lamb': 0.0251,
+        'adafactor': 0.01,
     },
     'saddle': {
         'sgd': 0.01,
@@ -243,6 +254,7 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.0158,
         'ademamix': 0.00631,
         'lamb': 0.00631,
+        'adafactor': 0.00631,
     },
     'monkey_saddle': {
         'sgd': 0.001,
@@ -263,5 +275,6 @@ SURFACE_LRS: dict[str, dict[str, float]] = {
         'prodigy': 0.0158,
         'ademamix': 0.00398,
         'lamb': 0.00398,
+        'adafactor': 0.00398,
     },
 }

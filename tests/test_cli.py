@@ -26,6 +26,13 @@ def test_list_shows_every_optimizer_and_surface():
         assert name in result.output
 
 
+def test_muon_on_a_surface_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    result = invoke("surface", "--opt", "muon", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "matrices" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_surface_all_writes_tidy_csvs_and_plots(tmp_path):
     result = invoke("surface", "--opt", "all", "--fn", "bowl", "--fn", "saddle", "--out", tmp_path)
     assert result.exit_code == 0, result.output
@@ -35,7 +42,8 @@ def test_surface_all_writes_tidy_csvs_and_plots(tmp_path):
         summary = pd.read_csv(folder / "summary.csv")
         assert list(trajectories.columns) == TRAJECTORY_COLUMNS
         assert list(summary.columns) == SUMMARY_COLUMNS
-        assert set(summary["optimizer"]) == set(OPTIMIZERS)
+        # Every optimizer but the matrix-only Muon, which a point cannot take.
+        assert set(summary["optimizer"]) == {n for n, c in OPTIMIZERS.items() if not c.needs_matrices}
         assert (folder / "trajectories.png").stat().st_size > 10_000
         surface = SURFACES[name]
         # Step 0 is the start, and each recorded loss is the surface's value at the recorded point.

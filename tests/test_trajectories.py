@@ -17,6 +17,9 @@ import pytest
 
 from optbench.errors import OptbenchError
 from optbench.optimizers import OPTIMIZERS, SGD, Contender
+
+# The rules that run on points (Muon updates matrices only).
+POINT_OPTIMIZERS = {name: cls for name, cls in OPTIMIZERS.items() if not cls.needs_matrices}
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surface_run import run_surface, surface_members
 from optbench.surfaces import SURFACES, get_surface
@@ -74,7 +77,7 @@ def test_run_does_not_modify_the_starts():
 STARTS = np.array([[-0.27, -0.92], [4.0, 4.0], [-4.5, 1.0], [0.5, -4.0], [2.0, 0.1]])
 
 
-@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("opt", sorted(POINT_OPTIMIZERS))
 def test_a_batch_of_starts_equals_running_each_start_alone(opt):
     surface = get_surface("himmelblau")
     cls = OPTIMIZERS[opt]
@@ -91,7 +94,7 @@ def test_a_batch_of_starts_equals_running_each_start_alone(opt):
         np.testing.assert_allclose(batch.losses[:, i], alone.losses[:, 0], rtol=1e-13, atol=1e-300)
 
 
-@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("opt", sorted(POINT_OPTIMIZERS))
 def test_a_column_of_learning_rates_equals_one_run_per_learning_rate(opt):
     surface = get_surface("himmelblau")
     cls = OPTIMIZERS[opt]
@@ -130,7 +133,7 @@ def test_a_population_of_two_optimizers_at_two_lrs_is_bitwise_each_member_alone(
         assert_same_trajectory(batch, k, run(rosenbrock, OPTIMIZERS[m.optimizer](lr=m.lr, **m.hparams), [m.start], 300))
 
 
-@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("opt", sorted(POINT_OPTIMIZERS))
 def test_members_with_other_lrs_and_starts_are_bitwise_each_member_alone(opt):
     surface = get_surface("himmelblau")
     cls = OPTIMIZERS[opt]
@@ -434,7 +437,7 @@ def test_tune_lr_passes_the_other_hyperparameters():
 # --- per-surface default learning rates ------------------------------------------------------
 
 
-@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("opt", sorted(POINT_OPTIMIZERS))
 @pytest.mark.parametrize("name", BOUNDED)
 def test_every_optimizer_with_its_default_lr_makes_progress_on_every_bounded_surface(name, opt):
     # The promise behind `optbench surface --opt all`: with SURFACE_LRS and the surface's default
@@ -450,5 +453,5 @@ def test_every_optimizer_with_its_default_lr_makes_progress_on_every_bounded_sur
 def test_surface_lrs_cover_every_surface_and_optimizer():
     assert set(SURFACE_LRS) == set(SURFACES)
     for name, lrs in SURFACE_LRS.items():
-        assert set(lrs) == set(OPTIMIZERS), name
+        assert set(lrs) == set(POINT_OPTIMIZERS), name
         assert all(lr > 0 for lr in lrs.values())
