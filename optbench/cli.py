@@ -20,6 +20,7 @@ from optbench import surface_run, tables
 from optbench.errors import OptbenchError
 from optbench.results import prepare_dir
 from optbench.optimizers import OPTIMIZERS, select_contenders
+from optbench.schedules import Schedule
 from optbench.surfaces import SURFACES
 
 # typer raises click's exception classes (vendored since typer 0.25); reach them through the
@@ -76,6 +77,10 @@ HpOption = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")]
+ScheduleOption = Annotated[str, typer.Option("--schedule", help="lr schedule: constant, cosine, linear or wsd (warmup-stable-decay), of the peak lr.")]
+WarmupOption = Annotated[float, typer.Option("--warmup", help="Linear warmup: a number of steps, or below 1 a fraction of the run.")]
+MinLrOption = Annotated[float, typer.Option("--min-lr-ratio", help="cosine, linear, wsd: the lr at the last step, as a fraction of the peak.")]
+DecayOption = Annotated[float, typer.Option("--decay-fraction", help="wsd: the share of the run that decays.")]
 DataDirOption = Annotated[
     Optional[Path], typer.Option("--data-dir", help="Data folder (default: $OPTBENCH_DATA, else the user cache).")
 ]
@@ -105,11 +110,17 @@ def surface_command(
     out: OutOption = Path("results"),
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw trajectories.png.")] = True,
     animate: Annotated[bool, typer.Option("--animate", help="Also write trajectories.gif.")] = False,
+    schedule: ScheduleOption = "constant",
+    warmup: WarmupOption = 0.0,
+    min_lr_ratio: MinLrOption = 0.0,
+    decay_fraction: DecayOption = 0.2,
     quiet: QuietOption = False,
 ) -> None:
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     lrs = lr or []
     surface_run.check_lrs(lrs, tune)
+    lr_schedule = Schedule(schedule, warmup, min_lr_ratio, decay_fraction)
+    lr_schedule.check(steps)
     contenders = select_contenders(opt or [], hp or [], points=True)
     surfaces = surface_run.select_surfaces(fn or [])
     prepare_dir(out)
@@ -123,7 +134,9 @@ def surface_command(
             task = progress.add_task("surfaces", total=len(surfaces))
             for surface in surfaces:
                 progress.update(task, description=f"surface {surface.name}")
-                result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune)
+                lr_schedule.check(steps or surface.steps)
+                result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
+                                                 schedule=lr_schedule)
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)
                 written.append((result, files))
                 progress.advance(task)
@@ -138,6 +151,8 @@ def surface_command(
         title = f"{result.surface.name}: {steps_run} steps from ({first['x']:g}, {first['y']:g})"
         if tune:
             title += " — lr tuned"
+        if not lr_schedule.is_constant:
+            title += f" — lr schedule: {lr_schedule.label()}"
         console.print(tables.surface_summary(result.summary, title))
         console.print(f"[dim]wrote {escape(str(files[0].parent))}/ ({escape(', '.join(f.name for f in files))})[/]")
 
@@ -173,6 +188,10 @@ def mnist_command(
     out: OutOption = Path("results"),
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw loss.png, accuracy.png, time.png.")] = True,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="GPU: replay each step's forward and backward as one CUDA graph (no dropout or batch norm).")] = False,
+    schedule: ScheduleOption = "constant",
+    warmup: WarmupOption = 0.0,
+    min_lr_ratio: MinLrOption = 0.0,
+    decay_fraction: DecayOption = 0.2,
     quiet: QuietOption = False,
 ) -> None:
     """Train the MLP on MNIST or Fashion-MNIST: optimizers × lrs × seeds as one population."""
@@ -187,6 +206,7 @@ def mnist_command(
         batchnorm=batchnorm, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, iterations=iterations,
         eval_every=eval_every, shuffle=shuffle, train_size=train_size, test_size=test_size, validation=validation,
         cuda_graph=cuda_graph, data_dir=str(data_dir) if data_dir else None,
+        schedule=Schedule(schedule, warmup, min_lr_ratio, decay_fraction),
     )
     plan = experiment.Experiment(
         optimizers=(opt or []) + (["all"] if compare else []) or ["adam"], problem=problem, lrs=lr or [], hp=hp or [],

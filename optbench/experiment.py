@@ -23,7 +23,7 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +35,7 @@ from optbench.backend import Device, select_device
 from optbench.errors import OptbenchError
 from optbench.mlp import Population, check_options, parameter_count
 from optbench.optimizers import OPTIMIZERS, defaults_of, instantiate, optimizer_label, resolve_hparams, select_optimizers
+from optbench.schedules import CONSTANT, Schedule
 from optbench.training import PopulationLog, train_population
 
 # torch.optim's default lr for each optimizer, except plain SGD and its momentum variants, whose
@@ -50,7 +51,7 @@ CURVE_COLUMNS = ["optimizer", "device", "lr", "seed", "epoch", "iteration", "tra
 EPOCH_COLUMNS = ["optimizer", "device", "lr", "seed", "epoch", "iteration", "train_loss", "val_loss", "val_acc",
                  "test_loss", "test_acc", "epoch_seconds", "samples_per_s"]
 SUMMARY_COLUMNS = [
-    "optimizer", "device", "lr", "seed", "epochs", "final_test_acc", "best_test_acc", "final_val_acc", "best_val_acc",
+    "optimizer", "device", "lr", "schedule", "seed", "epochs", "final_test_acc", "best_test_acc", "final_val_acc", "best_val_acc",
     "final_train_loss", "mean_epoch_seconds", "samples_per_s", "diverged", "status",
 ]
 TUNING_COLUMNS = ["optimizer", "lr", "seed", "final_val_acc", "best_val_acc", "final_val_loss", "final_train_loss",
@@ -78,6 +79,7 @@ class MnistProblem:
     validation: int | None = None  # the last N of those training images, held out (None: none, or 10,000 to tune)
     cuda_graph: bool = False  # replay gather, forward and backward as one CUDA graph (`graphs`)
     data_dir: str | None = None
+    schedule: Schedule = CONSTANT  # of every member's lr, its peak (what --lr and --tune set)
 
     def check(self) -> None:
         datasets.get_spec(self.dataset)
@@ -106,6 +108,13 @@ class MnistProblem:
             raise OptbenchError(f"invalid --hidden {','.join(map(str, self.hidden))} (positive layer widths)")
         if self.cuda_graph and (self.dropout > 0 or self.batchnorm):
             raise OptbenchError("--cuda-graph does not support --dropout or --batchnorm (they do not survive replay)")
+        self.schedule.check(self.total_steps)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps of each member: --iterations, else epochs of full batches."""
+        train = (self.train_size or datasets.TRAIN_IMAGES) - (self.validation or 0)
+        return self.iterations or self.epochs * (train // self.batch_size)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -208,7 +217,7 @@ class Experiment:
     def tuned_problem(self) -> MnistProblem:
         """The problem as trained: with --tune, a validation split of TUNE_VALIDATION unless set."""
         if self.tune and self.problem.validation is None:
-            return MnistProblem(**{**asdict(self.problem), "validation": TUNE_VALIDATION})
+            return replace(self.problem, validation=TUNE_VALIDATION)
         return self.problem
 
     def selected(self) -> list[tuple[str, type, dict]]:
@@ -410,18 +419,20 @@ class _Run:
             pop, [m.build() for m in chunk], x_train, y_train, eval_sets, epochs=p.epochs, iterations=p.iterations,
             eval_every=p.eval_every, batch_size=p.batch_size, group_seeds=group_seeds, shuffle=p.shuffle,
             weight_decay=p.weight_decay, sync=self.device.sync, on_step=self.reporter.step,
-            on_eval=self.reporter.evaluated, cuda_graph=p.cuda_graph,
+            on_eval=self.reporter.evaluated, cuda_graph=p.cuda_graph, schedule=p.schedule,
         )
 
     def results(self, status: str | None = None) -> Results:
         device = self.device.name
-        frames = [_member_frames(members, log, per_epoch, self.problem.batch_size, device)
+        schedule = self.problem.schedule.label()
+        frames = [_member_frames(members, log, per_epoch, self.problem.batch_size, device, schedule)
                   for members, log, per_epoch in self.trained]
         curves = _concat([f[0] for f in frames], CURVE_COLUMNS)
         epochs = _concat([f[1] for f in frames], EPOCH_COLUMNS)
         trained = {id(m) for members, _, _ in self.trained for m in members}
         # Members an interruption kept from starting: in the tables, marked, with no numbers.
-        unstarted = pd.DataFrame([{"optimizer": m.optimizer, "device": device, "lr": m.lr, "seed": m.seed, "epochs": 0.0,
+        unstarted = pd.DataFrame([{"optimizer": m.optimizer, "device": device, "lr": m.lr, "schedule": schedule,
+                                   "seed": m.seed, "epochs": 0.0,
                                    "diverged": False, "status": "interrupted"}
                                   for m in self.planned if id(m) not in trained], columns=SUMMARY_COLUMNS)
         summary = sort_summary(_concat([f[2] for f in frames] + [unstarted], SUMMARY_COLUMNS))
@@ -452,7 +463,8 @@ def _concat(frames, columns) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, batch_size: int, device: str):
+def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, batch_size: int, device: str,
+                   schedule: str = "constant"):
     """curves, epochs and summary rows of one population's members."""
     curves, epochs, summary = [], [], []
     for k, m in enumerate(members):
@@ -475,7 +487,8 @@ def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, ba
         timed = int(steps.sum())
         diverged = bool(log.diverged_at[k])
         summary.append({
-            "optimizer": m.optimizer, "device": device, "lr": m.lr, "seed": m.seed, "epochs": round(last / per_epoch, 3),
+            "optimizer": m.optimizer, "device": device, "lr": m.lr, "schedule": schedule, "seed": m.seed,
+            "epochs": round(last / per_epoch, 3),
             "final_test_acc": _last(frame["test_acc"]), "best_test_acc": frame["test_acc"].max() if len(frame) else np.nan,
             "final_val_acc": _last(frame["val_acc"]), "best_val_acc": frame["val_acc"].max() if len(frame) else np.nan,
             "final_train_loss": _last(frame["train_loss"]),

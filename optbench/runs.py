@@ -18,8 +18,8 @@ from optbench import results, spread
 from optbench.errors import OptbenchError
 from optbench.experiment import CURVE_COLUMNS, EPOCH_COLUMNS, SUMMARY_COLUMNS, Results, sort_summary
 
-# Columns a folder written before populations may lack; what they mean there.
-_OLD_SUMMARY = ("lr", "seed", "final_val_acc", "best_val_acc", "status")
+# Columns a folder written before populations (or schedules) may lack; what they mean there.
+_OLD_SUMMARY = ("lr", "schedule", "seed", "final_val_acc", "best_val_acc", "status")
 
 
 def default_run_name(dataset: str, device: str) -> str:
@@ -85,12 +85,14 @@ def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 
 def _complete(frame: pd.DataFrame, seed: int, summary: pd.DataFrame) -> pd.DataFrame:
     """Fill what an old folder lacks: lr from its summary (one per optimizer then), the run's
-    seed, no validation split, and the status its `diverged` column implies."""
+    seed, a constant lr schedule, no validation split, and the status its `diverged` column implies."""
     if "lr" not in frame.columns:
         lrs = summary.drop_duplicates("optimizer").set_index("optimizer")["lr"]
         frame = frame.assign(lr=frame["optimizer"].map(lrs))
     if "seed" not in frame.columns:
         frame = frame.assign(seed=seed)
+    if "schedule" not in frame.columns and "final_test_acc" in frame.columns:  # before schedules: constant
+        frame = frame.assign(schedule="constant")
     for column in ("val_loss", "val_acc", "final_val_acc", "best_val_acc"):
         if column not in frame.columns:
             frame = frame.assign(**{column: np.nan})

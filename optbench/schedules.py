@@ -89,6 +89,19 @@ class Schedule:
             out[decaying] = 1 + (m - 1) * np.minimum(into_decay[decaying], d - 1) / max(d - 1, 1)
         return out
 
+    def label(self) -> str:
+        """One cell of a table: "constant", or e.g. "cosine, warmup 0.1, min 0"."""
+        if self.is_constant:
+            return "constant"
+        parts = [self.kind]
+        if self.warmup:
+            parts.append(f"warmup {self.warmup:g}")
+        if self.kind != "constant":
+            parts.append(f"min {self.min_lr_ratio:g}")
+        if self.kind == "wsd":
+            parts.append(f"decay {self.decay_fraction:g}")
+        return ", ".join(parts)
+
     def describe(self) -> dict:
         """What goes into a manifest."""
         described = {"kind": self.kind, "warmup": self.warmup, "min_lr_ratio": self.min_lr_ratio}

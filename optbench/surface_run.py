@@ -24,11 +24,12 @@ from optbench.optimizers import OPTIMIZERS, Contender, defaults_of
 from optbench.spread import series_label
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
+from optbench.schedules import CONSTANT, Schedule
 from optbench.trajectories import TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
 
 TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
-    "surface", "optimizer", "lr", "steps", "final_x", "final_y", "final_loss", "gap",
+    "surface", "optimizer", "lr", "schedule", "steps", "final_x", "final_y", "final_loss", "gap",
     "dist_to_min", "steps_to_tol", "diverged",
 ]
 
@@ -92,6 +93,7 @@ def run_surface(
     lrs: Sequence[float] = (),
     start: tuple[float, float] | None = None,
     tune: bool = False,
+    schedule: Schedule = CONSTANT,
 ) -> SurfaceResult:
     """Run every member (`surface_members`) on `surface` as one population; with `tune`, each
     optimizer at the lr of TUNE_GRID with the lowest final loss instead (`tune_lr`)."""
@@ -104,18 +106,18 @@ def run_surface(
         # and the whole grid goes to tuning.csv.
         rows, tuned = [], []
         for m in members:
-            best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps)
+            best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps, schedule=schedule)
             tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best))
             tuned.append(SurfaceMember(m.optimizer, m.cls, m.hparams, float(TUNE_GRID[best]), m.start))
             rows.append(grid_batch.row(best))
         members, batch = tuned, TrajectoryBatch.concat(rows)
     else:
-        batch = run_members(surface, members, steps)
+        batch = run_members(surface, members, steps, schedule)
     trajectories = [_trajectory_frame(surface, m.optimizer, m.lr, batch.row(k)) for k, m in enumerate(members)]
     return SurfaceResult(
         surface,
         pd.concat(trajectories, ignore_index=True),
-        sort_summary(_summary_frame(surface, members, batch)),
+        sort_summary(_summary_frame(surface, members, batch, schedule)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
     )
 
@@ -145,7 +147,7 @@ def _trajectory_frame(surface: Surface, label: str, lr: float, batch) -> pd.Data
     )
 
 
-def _summary_frame(surface: Surface, members: list[SurfaceMember], batch) -> pd.DataFrame:
+def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedule: Schedule = CONSTANT) -> pd.DataFrame:
     """One row per member (row of `batch`)."""
     final = batch.final_positions
     final_loss = batch.final_losses
@@ -155,6 +157,7 @@ def _summary_frame(surface: Surface, members: list[SurfaceMember], batch) -> pd.
             "surface": surface.name,
             "optimizer": [m.optimizer for m in members],
             "lr": [m.lr for m in members],
+            "schedule": schedule.label(),
             "steps": batch.final_index,
             "final_x": final[:, 0],
             "final_y": final[:, 1],
