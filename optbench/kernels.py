@@ -150,8 +150,52 @@ if njit is not None:
                 else:
                     p[i] = p[i] + (gi * nlr) / avg
 
+    @njit(parallel=True, cache=True)
+    def _lion(P, G, rows, active, m_all, beta1, one_minus_beta1, beta2, one_minus_beta2, decay_factor, neg_lr):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            m = m_all[s]
+            b1, omb1, b2, omb2 = beta1[s], one_minus_beta1[s], beta2[s], one_minus_beta2[s]
+            df, nlr = decay_factor[j], neg_lr[j]
+            for i in prange(p.size):
+                gi = g[i]
+                pi = p[i] * df
+                u = m[i] * b1 + gi * omb1
+                p[i] = pi + np.sign(u) * nlr
+                m[i] = m[i] * b2 + gi * omb2
+
+    @njit(parallel=True, cache=True)
+    def _schedule_free(P, G, rows, active, z_all, v_all, adam, b2, one_minus_b2, eps, wd, lr, ckp1, small,
+                       one_minus_ckp1, y_coef, bc2):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            z = z_all[s]
+            v = v_all[s]
+            adam_s, b2_s, omb2, eps_s, wd_s = adam[s], b2[s], one_minus_b2[s], eps[s], wd[s]
+            lr_j, c, small_j, omc, yc, bc = lr[j], ckp1[j], small[j], one_minus_ckp1[j], y_coef[j], bc2[j]
+            for i in prange(p.size):
+                gi = g[i]
+                pi = p[i]
+                if adam_s:
+                    vi = v[i] * b2_s + (gi * omb2) * gi
+                    v[i] = vi
+                    u = gi / (math.sqrt(vi / bc) + eps_s)
+                else:
+                    u = gi
+                if wd_s != 0:
+                    u = u + pi * wd_s
+                zi = z[i]
+                d = zi - pi
+                pi = pi + d * c if small_j else zi - d * omc  # torch's lerp
+                p[i] = pi + u * yc
+                z[i] = zi - u * lr_j
+
 else:
-    _sgd = _adam = _rmsprop = None  # never launched: `usable` is False without Numba
+    _sgd = _adam = _rmsprop = _lion = _schedule_free = None  # never launched: `usable` is False without Numba
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -219,6 +263,8 @@ _STATE_ARRAYS = {
     "sgd": ("momentum_buffer",),
     "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
+    "lion": ("exp_avg",),
+    "schedule_free": ("z", "exp_avg_sq"),
 }
 
 
@@ -279,4 +325,33 @@ rmsprop = RowsKernel(
     _rmsprop_constants,
     lambda steps, scalars, t: (_values(t, (s.lr for s in scalars)), _values(t, (-s.lr for s in scalars))),
     _rmsprop,
+)
+# Lion: `modern.Lion`'s rule in one pass.
+lion = RowsKernel(
+    "lion", lambda opt: ("exp_avg",),
+    lambda opts, t: (_values(t, (o.beta1 for o in opts)), _values(t, (1 - o.beta1 for o in opts)),
+                     _values(t, (o.beta2 for o in opts)), _values(t, (1 - o.beta2 for o in opts))),
+    lambda steps, scalars, t: (_values(t, (s[0] for s in scalars)), _values(t, (s[1] for s in scalars))),
+    _lion,
+)
+
+
+def _schedule_free_constants(opts, t):
+    adam = [hasattr(o, "beta2") for o in opts]  # Schedule-Free AdamW; SGD has no second moment
+    return (_flags(adam), _values(t, (getattr(o, "beta2", 0.0) for o in opts)),
+            _values(t, (1 - getattr(o, "beta2", 0.0) for o in opts)), _values(t, (getattr(o, "eps", 0.0) for o in opts)),
+            _values(t, (o.weight_decay for o in opts)))
+
+
+def _schedule_free_per_step(steps, scalars, t):
+    # (lr, c, y coefficient[, 1 - beta2^t]) per member; SGD's has no bias correction.
+    return (_values(t, (s[0] for s in scalars)), _values(t, (s[1] for s in scalars)),
+            _flags(abs(s[1]) < 0.5 for s in scalars), _values(t, (1 - s[1] for s in scalars)),
+            _values(t, (s[2] for s in scalars)), _values(t, (s[3] if len(s) > 3 else 1.0 for s in scalars)))
+
+
+# Schedule-Free AdamW and SGD: `modern.ScheduleFreeAdamW`'s and `ScheduleFreeSGD`'s rules in one pass.
+schedule_free = RowsKernel(
+    "schedule_free", lambda opt: ("z", "exp_avg_sq") if hasattr(opt, "beta2") else ("z",),
+    _schedule_free_constants, _schedule_free_per_step, _schedule_free,
 )

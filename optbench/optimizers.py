@@ -806,3 +806,9 @@ def select_contenders(specs: list[str], pairs: list[str], lr: float | None = Non
 from optbench import modern  # noqa: E402
 
 OPTIMIZERS.update(modern.OPTIMIZERS)
+# The modern elementwise rules whose one-pass kernel is cheap to have (CPU only for now).
+FUSED.update({
+    modern.Lion: FusedPaths(kernels.lion, None),
+    modern.ScheduleFreeAdamW: FusedPaths(kernels.schedule_free, None),
+    modern.ScheduleFreeSGD: FusedPaths(kernels.schedule_free, None),
+})

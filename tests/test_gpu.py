@@ -11,7 +11,7 @@ import pytest
 
 from optbench.backend import _gpu_unavailable_reason, select_device
 
-from fused_settings import SETTINGS
+from fused_settings import GPU_SETTINGS as SETTINGS  # the rules with a CUDA kernel
 
 reason = _gpu_unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no GPU for the CuPy path: {reason}")

@@ -21,7 +21,7 @@ from optbench import gpu_kernels
 from optbench.gpu_kernels import VARIANTS, FusedUpdate
 from optbench.optimizers import TORCH_OPTIM as OPTIMIZERS, fused_paths, make_optimizer  # the modern rules have no GPU kernel yet
 
-from fused_settings import SETTINGS
+from fused_settings import GPU_SETTINGS as SETTINGS  # the rules with a CUDA kernel
 
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 C_TYPES = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}

@@ -28,6 +28,11 @@ MEMBERS = [
     ("adamw", {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}),
     ("rmsprop", {"lr": 0.01, "centered": True, "momentum": 0.9}),
     ("sgd", {"lr": 0.2, "weight_decay": 0.01}),
+    ("lion", {"lr": 0.01, "weight_decay": 0.1}),
+    ("sf_adamw", {"lr": 0.01, "warmup_steps": 5.0}),
+    ("lion", {"lr": 0.003, "beta1": 0.5}),
+    ("sf_sgd", {"lr": 0.05, "weight_decay": 0.1}),
+    ("sf_adamw", {"lr": 0.02, "beta2": 0.9, "weight_decay": 0.1}),
 ]
 
 
@@ -45,7 +50,7 @@ def test_a_group_launch_equals_each_member_updated_alone_bitwise(dtype):
     alone = params.copy()
     # Each member alone, as a (1, n) array: the ufunc rule, not a kernel.
     alone_states = [opt.init(alone[k : k + 1]) for k, opt in enumerate(optimizers)]
-    frozen = {1, 4, 9}  # stop updating after step 10, as a diverged member is frozen
+    frozen = {1, 4, 9, 15, 16}  # stop updating after step 10, as a diverged member is frozen
     for step in range(25):
         grads[...] = (rng.standard_normal(grads.shape) * 0.9**step).astype(dtype)
         members = [k for k in range(len(MEMBERS)) if step < 10 or k not in frozen]
@@ -60,6 +65,8 @@ def test_a_group_launch_equals_each_member_updated_alone_bitwise(dtype):
                 continue
             if value is None:  # SGD without momentum has no buffer
                 assert alone_state[name] is None
+            elif np.isscalar(value):  # Schedule-Free's running lr maximum and weight sum
+                assert value == alone_state[name], (MEMBERS[k], name)
             else:
                 np.testing.assert_array_equal(value, alone_state[name][0], err_msg=f"{MEMBERS[k]} {name}")
     assert params.dtype == dtype
@@ -79,10 +86,11 @@ def test_members_sharing_a_kernel_and_state_layout_take_one_launch_per_step(monk
     monkeypatch.setattr(kernels.RowsKernel, "launch", counting)
     updates.step(range(len(MEMBERS)))
     # Adam with AdamW (same state arrays), AMSGrad-like ones apart; SGD without momentum apart
-    # from momentum and Nesterov; RMSprop plain apart from centered-with-momentum; Adagrad alone.
+    # from momentum and Nesterov; RMSprop plain apart from centered-with-momentum; Schedule-Free
+    # AdamW apart from SGD (no second moment); Adagrad alone.
     assert sorted(launches) == sorted([
         ("adam", (0, 2, 4)), ("adam", (9, 10)), ("sgd", (1, 12)), ("sgd", (3, 5)), ("rmsprop", (6, 8)),
-        ("rmsprop", (11,)),
+        ("rmsprop", (11,)), ("lion", (13, 15)), ("schedule_free", (14, 17)), ("schedule_free", (16,)),
     ])
     assert updates.states[7]["step"] == 1 and "scratch" in updates.states[7]  # adagrad: its ufunc rule
 
