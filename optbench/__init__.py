@@ -9,5 +9,7 @@ __version__ = "0.1.0"
 from optbench.errors import OptbenchError  # noqa: E402
 from optbench.optimizers import OPTIMIZERS, Optimizer, make_optimizer  # noqa: E402
 from optbench.experiment import Experiment, MnistProblem, Results  # noqa: E402
+from optbench.schedules import Schedule  # noqa: E402
 
-__all__ = ["OPTIMIZERS", "Experiment", "MnistProblem", "OptbenchError", "Optimizer", "Results", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "Experiment", "MnistProblem", "OptbenchError", "Optimizer", "Results", "Schedule",
+           "make_optimizer"]

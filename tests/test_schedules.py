@@ -143,3 +143,31 @@ def test_a_schedule_changes_the_training_and_leaves_the_peak_lr_on_the_optimizer
 def test_schedule_check_refuses_a_warmup_into_the_decay():
     with pytest.raises(OptbenchError, match="runs into the decay"):
         Schedule("wsd", warmup=9, decay_fraction=0.5).check(16)
+
+
+def test_tuning_under_a_schedule_tunes_the_peak_and_keeps_the_schedule(tmp_path):
+    result = runner.invoke(app, [
+        "mnist", "--opt", "sgd", "--tune", "--iterations", "40", "--train-size", "3000", "--validation", "1000",
+        "--test-size", "500", "--schedule", "wsd", "--warmup", "4", "--no-plot", "--name", "run", "--out",
+        str(tmp_path), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    folder = tmp_path / "mnist" / "run"
+    tuning = pd.read_csv(folder / "tuning.csv")
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(tuning) == 7 and tuning["chosen"].sum() == 1
+    assert summary["lr"].iloc[0] == tuning.loc[tuning["chosen"], "lr"].iloc[0]  # the peak lr chosen
+    assert summary["schedule"].iloc[0] == "wsd, warmup 4, min 0, decay 0.2"
+    assert json.loads((folder / "manifest.json").read_text())["config"]["schedule"]["kind"] == "wsd"
+
+
+def test_the_python_api_takes_a_schedule():
+    import optbench
+
+    problem = optbench.MnistProblem(iterations=20, train_size=1000, test_size=200,
+                                    schedule=optbench.Schedule("cosine", warmup=0.2))
+    assert problem.total_steps == 20
+    with pytest.raises(OptbenchError, match="not shorter"):
+        optbench.MnistProblem(iterations=20, train_size=1000, schedule=optbench.Schedule(warmup=20)).check()
