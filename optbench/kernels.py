@@ -194,8 +194,43 @@ if njit is not None:
                 p[i] = pi + u * yc
                 z[i] = zi - u * lr_j
 
+    @njit(parallel=True, cache=True)
+    def _ademamix(P, G, rows, active, m_all, v_all, slow_all, decoupled, wd, w1, small1, one_minus_w1, b2,
+                  one_minus_b2, eps, decay_factor, w3, small3, one_minus_w3, alpha, bc1, bc2_sqrt, neg_lr):
+        for j in range(active.size):
+            s = active[j]
+            p = P[rows[s]]
+            g = G[rows[s]]
+            m = m_all[s]
+            v = v_all[s]
+            slow = slow_all[s]
+            dec, wd_s, w1_s, small1_s, omw1, b2_s, omb2, eps_s = (decoupled[s], wd[s], w1[s], small1[s],
+                                                                   one_minus_w1[s], b2[s], one_minus_b2[s], eps[s])
+            df, w3_j, small3_j, omw3, alpha_j, bc1_j, bc2_j, nlr = (decay_factor[j], w3[j], small3[j], one_minus_w3[j],
+                                                                    alpha[j], bc1[j], bc2_sqrt[j], neg_lr[j])
+            for i in prange(p.size):
+                pi = p[i]
+                gi = g[i]
+                if dec:
+                    pi = pi * df
+                elif wd_s != 0:
+                    gi = pi * wd_s + gi
+                d = gi - m[i]
+                mi = m[i] + d * w1_s if small1_s else gi - d * omw1
+                m[i] = mi
+                vi = v[i] * b2_s + (gi * omb2) * gi
+                v[i] = vi
+                d = gi - slow[i]
+                si = slow[i] + d * w3_j if small3_j else gi - d * omw3
+                slow[i] = si
+                denom = math.sqrt(vi) / bc2_j + eps_s
+                u = mi / bc1_j
+                u = u + si * alpha_j
+                u = u * nlr
+                p[i] = pi + u / denom
+
 else:
-    _sgd = _adam = _rmsprop = _lion = _schedule_free = None  # never launched: `usable` is False without Numba
+    _sgd = _adam = _rmsprop = _lion = _schedule_free = _ademamix = None  # never launched without Numba
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -265,6 +300,7 @@ _STATE_ARRAYS = {
     "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
     "lion": ("exp_avg",),
     "schedule_free": ("z", "exp_avg_sq"),
+    "ademamix": ("exp_avg", "exp_avg_sq", "exp_avg_slow"),
 }
 
 
@@ -354,4 +390,25 @@ def _schedule_free_per_step(steps, scalars, t):
 schedule_free = RowsKernel(
     "schedule_free", lambda opt: ("z", "exp_avg_sq") if hasattr(opt, "beta2") else ("z",),
     _schedule_free_constants, _schedule_free_per_step, _schedule_free,
+)
+
+
+def _ademamix_constants(opts, t):
+    w1 = [1 - o.beta1 for o in opts]
+    return (_flags(o.weight_decouple and o.weight_decay != 0 for o in opts), _values(t, (o.weight_decay for o in opts)),
+            _values(t, w1), _flags(abs(w) < 0.5 for w in w1), _values(t, (1 - w for w in w1)),
+            _values(t, (o.beta2 for o in opts)), _values(t, (1 - o.beta2 for o in opts)), _values(t, (o.eps for o in opts)))
+
+
+# AdEMAMix: `modern.AdEMAMix`'s rule in one pass. Its step scalars carry the (scheduled) lr and
+# weight decay factor besides alpha, beta3 and the bias corrections (`AdEMAMix.step_scalars`).
+ademamix = RowsKernel(
+    "ademamix", lambda opt: ("exp_avg", "exp_avg_sq", "exp_avg_slow"), _ademamix_constants,
+    lambda steps, scalars, t: (
+        _values(t, (s.decay_factor for s in scalars)), _values(t, (1 - s.beta3 for s in scalars)),
+        _flags(abs(1 - s.beta3) < 0.5 for s in scalars), _values(t, (1 - (1 - s.beta3) for s in scalars)),
+        _values(t, (s.alpha for s in scalars)), _values(t, (s.bias_correction1 for s in scalars)),
+        _values(t, (s.bias_correction2_sqrt for s in scalars)), _values(t, (-s.lr for s in scalars)),
+    ),
+    _ademamix,
 )

@@ -17,7 +17,7 @@ references to float64 rounding of a sum rather than to the last ulp.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -333,7 +333,7 @@ class AdEMAMix(Optimizer):
         return {"step": 0, "exp_avg": xp.zeros_like(p), "exp_avg_sq": xp.zeros_like(p),
                 "exp_avg_slow": xp.zeros_like(p)}
 
-    def step_scalars(self, state: dict):
+    def step_scalars(self, state: dict) -> "AdEMAMixScalars":
         t, T = state["step"], self.t_alpha_beta3
         if T is None:
             alpha, beta3 = self.alpha, self.beta3
@@ -341,15 +341,16 @@ class AdEMAMix(Optimizer):
             alpha = min(t * self.alpha / T, self.alpha)
             log1, log3 = math.log(self.beta1), math.log(self.beta3)
             beta3 = min(math.exp(log1 * log3 / ((1.0 - t / T) * log3 + (t / T) * log1)), self.beta3)
-        return alpha, beta3, 1 - self.beta1**t, (1 - self.beta2**t) ** 0.5
+        return AdEMAMixScalars(alpha, beta3, 1 - self.beta1**t, (1 - self.beta2**t) ** 0.5, self.lr,
+                               1 - self.weight_decay * self.lr)
 
-    def _update_ufunc(self, p, g, state: dict, scalars) -> None:
+    def _update_ufunc(self, p, g, state: dict, scalars: "AdEMAMixScalars") -> None:
         xp = get_array_module(p)
-        alpha, beta3, bias_correction1, bias_correction2_sqrt = scalars
+        alpha, beta3, bias_correction1, bias_correction2_sqrt = scalars[:4]
         decayed, work, update = _scratch(state, p, 3)
         if self.weight_decay != 0:
             if self.weight_decouple:
-                p *= 1 - self.weight_decay * self.lr
+                p *= scalars.decay_factor
             else:
                 xp.multiply(p, self.weight_decay, out=decayed)
                 decayed += g
@@ -363,9 +364,18 @@ class AdEMAMix(Optimizer):
         work += self.eps
         xp.divide(exp_avg, bias_correction1, out=update)
         update += slow * alpha
-        update *= -self.lr
+        update *= -scalars.lr
         update /= work
         p += update
+
+
+class AdEMAMixScalars(NamedTuple):
+    alpha: Any  # alpha_t: the slow average's weight, warmed up over t_alpha_beta3
+    beta3: float  # beta3_t
+    bias_correction1: float  # 1 - beta1^t
+    bias_correction2_sqrt: float  # sqrt(1 - beta2^t)
+    lr: Any
+    decay_factor: Any  # 1 - wd * lr: the decoupled weight decay's shrink of p
 
 
 class LAMB(_Layered):

@@ -811,4 +811,5 @@ FUSED.update({
     modern.Lion: FusedPaths(kernels.lion, None),
     modern.ScheduleFreeAdamW: FusedPaths(kernels.schedule_free, None),
     modern.ScheduleFreeSGD: FusedPaths(kernels.schedule_free, None),
+    modern.AdEMAMix: FusedPaths(kernels.ademamix, None),
 })

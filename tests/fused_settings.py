@@ -13,6 +13,8 @@ SETTINGS = [
     ("sf_adamw", {}), ("sf_adamw", {"weight_decay": 0.1, "warmup_steps": 5.0, "beta1": 0.3}),
     ("sf_adamw", {"r": 1.0, "weight_lr_power": 0.0}),
     ("sf_sgd", {}), ("sf_sgd", {"weight_decay": 0.1, "momentum": 0.5, "warmup_steps": 3.0}),
+    ("ademamix", {}), ("ademamix", {"weight_decay": 0.1, "beta1": 0.3, "t_alpha_beta3": 10.0}),
+    ("ademamix", {"weight_decay": 0.1, "weight_decouple": True, "beta3": 0.3, "alpha": 2.0}),
     # The rest have a GPU kernel only (on the CPU their ufunc rules are not the slow part of a step).
     ("adagrad", {}), ("adagrad", {"lr_decay": 0.01, "weight_decay": 0.1, "initial_accumulator_value": 0.1}),
     ("adadelta", {}), ("adadelta", {"rho": 0.5, "weight_decay": 0.1}),

@@ -33,6 +33,8 @@ MEMBERS = [
     ("lion", {"lr": 0.003, "beta1": 0.5}),
     ("sf_sgd", {"lr": 0.05, "weight_decay": 0.1}),
     ("sf_adamw", {"lr": 0.02, "beta2": 0.9, "weight_decay": 0.1}),
+    ("ademamix", {"lr": 0.01, "t_alpha_beta3": 8.0}),
+    ("ademamix", {"lr": 0.003, "weight_decay": 0.1, "weight_decouple": True}),
 ]
 
 
@@ -91,6 +93,7 @@ def test_members_sharing_a_kernel_and_state_layout_take_one_launch_per_step(monk
     assert sorted(launches) == sorted([
         ("adam", (0, 2, 4)), ("adam", (9, 10)), ("sgd", (1, 12)), ("sgd", (3, 5)), ("rmsprop", (6, 8)),
         ("rmsprop", (11,)), ("lion", (13, 15)), ("schedule_free", (14, 17)), ("schedule_free", (16,)),
+        ("ademamix", (18, 19)),
     ])
     assert updates.states[7]["step"] == 1 and "scratch" in updates.states[7]  # adagrad: its ufunc rule
 
