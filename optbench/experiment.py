@@ -30,12 +30,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from optbench import __version__, datasets, spread
+from optbench import __version__, datasets, spread, targets
 from optbench.backend import Device, select_device
 from optbench.errors import OptbenchError
 from optbench.mlp import Population, check_options, parameter_count
 from optbench.optimizers import OPTIMIZERS, defaults_of, instantiate, optimizer_label, resolve_hparams, select_optimizers
 from optbench.schedules import CONSTANT, Schedule
+from optbench.targets import TARGET_COLUMNS
 from optbench.training import PopulationLog, train_population
 
 # torch.optim's default lr for each optimizer, except plain SGD and its momentum variants, whose
@@ -52,7 +53,7 @@ EPOCH_COLUMNS = ["optimizer", "device", "lr", "seed", "epoch", "iteration", "tra
                  "test_loss", "test_acc", "epoch_seconds", "samples_per_s"]
 SUMMARY_COLUMNS = [
     "optimizer", "device", "lr", "schedule", "seed", "epochs", "final_test_acc", "best_test_acc", "final_val_acc", "best_val_acc",
-    "final_train_loss", "mean_epoch_seconds", "samples_per_s", "diverged", "status",
+    "final_train_loss", "mean_epoch_seconds", "samples_per_s", *TARGET_COLUMNS, "diverged", "status",
 ]
 TUNING_COLUMNS = ["optimizer", "lr", "seed", "final_val_acc", "best_val_acc", "final_val_loss", "final_train_loss",
                   "diverged", "chosen"]
@@ -80,6 +81,8 @@ class MnistProblem:
     cuda_graph: bool = False  # replay gather, forward and backward as one CUDA graph (`graphs`)
     data_dir: str | None = None
     schedule: Schedule = CONSTANT  # of every member's lr, its peak (what --lr and --tune set)
+    target: float | None = None  # test accuracy to reach (a fraction; None: the data set's, `targets`)
+    target_loss: float | None = None  # train loss to reach (None: not checked)
 
     def check(self) -> None:
         datasets.get_spec(self.dataset)
@@ -109,6 +112,14 @@ class MnistProblem:
         if self.cuda_graph and (self.dropout > 0 or self.batchnorm):
             raise OptbenchError("--cuda-graph does not support --dropout or --batchnorm (they do not survive replay)")
         self.schedule.check(self.total_steps)
+        if self.target is not None and not 0 < self.target <= 1:
+            raise OptbenchError(f"invalid --target {100 * self.target:g} (a test accuracy in percent, in (0, 100])")
+        if self.target_loss is not None and not (math.isfinite(self.target_loss) and self.target_loss > 0):
+            raise OptbenchError(f"invalid --target-loss {self.target_loss} (must be a finite number > 0)")
+
+    @property
+    def target_accuracy(self) -> float:
+        return self.target if self.target is not None else targets.default_accuracy(self.dataset)
 
     @property
     def total_steps(self) -> int:
@@ -424,8 +435,10 @@ class _Run:
 
     def results(self, status: str | None = None) -> Results:
         device = self.device.name
-        schedule = self.problem.schedule.label()
-        frames = [_member_frames(members, log, per_epoch, self.problem.batch_size, device, schedule)
+        p = self.problem
+        schedule = p.schedule.label()
+        frames = [_member_frames(members, log, per_epoch, p.batch_size, device, schedule, p.target_accuracy,
+                                 p.target_loss)
                   for members, log, per_epoch in self.trained]
         curves = _concat([f[0] for f in frames], CURVE_COLUMNS)
         epochs = _concat([f[1] for f in frames], EPOCH_COLUMNS)
@@ -464,7 +477,7 @@ def _concat(frames, columns) -> pd.DataFrame:
 
 
 def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, batch_size: int, device: str,
-                   schedule: str = "constant"):
+                   schedule: str = "constant", target_accuracy: float | None = None, target_loss: float | None = None):
     """curves, epochs and summary rows of one population's members."""
     curves, epochs, summary = [], [], []
     for k, m in enumerate(members):
@@ -494,6 +507,7 @@ def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, ba
             "final_train_loss": _last(frame["train_loss"]),
             "mean_epoch_seconds": seconds * per_epoch / timed if timed else np.nan,
             "samples_per_s": timed * batch_size / seconds if timed else np.nan,
+            **targets.member_targets(frame, batch_size, target_accuracy, target_loss),
             "diverged": diverged,
             "status": "diverged" if diverged else "interrupted" if log.interrupted else "finished",
         })

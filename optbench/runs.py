@@ -17,9 +17,10 @@ import pandas as pd
 from optbench import results, spread
 from optbench.errors import OptbenchError
 from optbench.experiment import CURVE_COLUMNS, EPOCH_COLUMNS, SUMMARY_COLUMNS, Results, sort_summary
+from optbench.targets import TARGET_COLUMNS
 
 # Columns a folder written before populations (or schedules) may lack; what they mean there.
-_OLD_SUMMARY = ("lr", "schedule", "seed", "final_val_acc", "best_val_acc", "status")
+_OLD_SUMMARY = ("lr", "schedule", "seed", "final_val_acc", "best_val_acc", "status", *TARGET_COLUMNS)
 
 
 def default_run_name(dataset: str, device: str) -> str:
@@ -85,7 +86,8 @@ def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 
 def _complete(frame: pd.DataFrame, seed: int, summary: pd.DataFrame) -> pd.DataFrame:
     """Fill what an old folder lacks: lr from its summary (one per optimizer then), the run's
-    seed, a constant lr schedule, no validation split, and the status its `diverged` column implies."""
+    seed, a constant lr schedule, no validation split, no time to target, and the status its
+    `diverged` column implies."""
     if "lr" not in frame.columns:
         lrs = summary.drop_duplicates("optimizer").set_index("optimizer")["lr"]
         frame = frame.assign(lr=frame["optimizer"].map(lrs))
@@ -93,7 +95,7 @@ def _complete(frame: pd.DataFrame, seed: int, summary: pd.DataFrame) -> pd.DataF
         frame = frame.assign(seed=seed)
     if "schedule" not in frame.columns and "final_test_acc" in frame.columns:  # before schedules: constant
         frame = frame.assign(schedule="constant")
-    for column in ("val_loss", "val_acc", "final_val_acc", "best_val_acc"):
+    for column in ("val_loss", "val_acc", "final_val_acc", "best_val_acc", *TARGET_COLUMNS):
         if column not in frame.columns:
             frame = frame.assign(**{column: np.nan})
     if "diverged" in frame.columns and "status" not in frame.columns:

@@ -18,8 +18,13 @@ STATS = ["mean", "std", "min", "max"]
 AGGREGATE_COLUMNS = [
     *GROUP, "seeds",
     *(f"{metric}_{stat}" for metric in METRICS for stat in STATS),
-    "mean_epoch_seconds", "samples_per_s", "diverged", "status",
+    "mean_epoch_seconds", "samples_per_s",
+    "steps_to_target_median", "seconds_to_target_median", "reached_target",
+    "steps_to_loss_median", "seconds_to_loss_median", "reached_loss",
+    "diverged", "status",
 ]
+# Time to target over seeds: the median over the seeds that reached it, and how many did.
+TARGETS = {"target": ("steps_to_target", "seconds_to_target"), "loss": ("steps_to_loss", "seconds_to_loss")}
 # Below this many seeds a quartile is an interpolation between two or three points: show the range.
 IQR_FROM_SEEDS = 5
 
@@ -52,6 +57,11 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
                         f"{metric}_min": values.min(), f"{metric}_max": values.max()})
         row["mean_epoch_seconds"] = _finite(group["mean_epoch_seconds"]).mean()
         row["samples_per_s"] = _finite(group["samples_per_s"]).mean()
+        for name, (steps, seconds) in TARGETS.items():
+            reached = _finite(group[steps]) if steps in group.columns else pd.Series(dtype=float)
+            row[f"{steps}_median"] = reached.median()
+            row[f"{seconds}_median"] = _finite(group[seconds]).median() if seconds in group.columns else np.nan
+            row[f"reached_{name}"] = int(reached.notna().sum())
         row["diverged"] = int(group["diverged"].astype(bool).sum())
         row["status"] = _status(group["status"])
         rows.append(row)

@@ -43,7 +43,11 @@ def test_aggregate_columns_and_order(summary):
     assert list(agg.columns) == AGGREGATE_COLUMNS
     assert AGGREGATE_COLUMNS[:4] == ["optimizer", "device", "lr", "seeds"]
     assert AGGREGATE_COLUMNS[4:8] == ["final_test_acc_mean", "final_test_acc_std", "final_test_acc_min", "final_test_acc_max"]
-    assert AGGREGATE_COLUMNS[-4:] == ["mean_epoch_seconds", "samples_per_s", "diverged", "status"]
+    assert AGGREGATE_COLUMNS[-10:-8] == ["mean_epoch_seconds", "samples_per_s"]
+    assert AGGREGATE_COLUMNS[-2:] == ["diverged", "status"]
+    # Time to target: the median over the seeds that reached it, and how many did.
+    assert AGGREGATE_COLUMNS[-8:-2] == ["steps_to_target_median", "seconds_to_target_median", "reached_target",
+                                        "steps_to_loss_median", "seconds_to_loss_median", "reached_loss"]
     # Best first by best_test_acc_mean (adam 0.97 > sgd 0.64); rmsprop, every seed diverged, last
     # although its accuracy is the highest.
     assert list(agg["optimizer"]) == ["adam", "sgd", "rmsprop"]

@@ -1,0 +1,65 @@
+"""Time to target, against hand-built evaluation curves, and as the MNIST command reports it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.spread import aggregate
+from optbench.targets import cumulative_seconds, first_reached, member_targets
+
+
+def test_the_first_evaluation_at_or_past_the_target():
+    # Evaluations every 100 steps at 1,000 samples/s with batches of 10: one second per interval.
+    iterations = [100, 200, 300, 400]
+    seconds = cumulative_seconds(iterations, [1000.0] * 4, 10)
+    np.testing.assert_allclose(seconds, [1.0, 2.0, 3.0, 4.0])
+    accuracy = [0.90, 0.969, 0.97, 0.96]  # reached exactly at 300, lost again at 400
+    assert first_reached(iterations, accuracy, seconds, 0.97, above=True) == (300.0, 3.0)
+    assert np.isnan(first_reached(iterations, accuracy, seconds, 0.98, above=True)[0])
+    loss = [0.5, np.nan, 0.2, 0.1]  # a NaN (diverged) never counts as reached
+    assert first_reached(iterations, loss, seconds, 0.25, above=False) == (300.0, 3.0)
+    assert np.isnan(first_reached(iterations, loss, seconds, None, above=False)[1])
+
+
+def test_rates_that_change_between_intervals_add_up():
+    frame = pd.DataFrame({"iteration": [50, 150], "samples_per_s": [500.0, 2000.0], "test_acc": [0.5, 0.99],
+                          "train_loss": [1.0, 0.05]})
+    row = member_targets(frame, batch_size=20, accuracy=0.97, loss=0.5)
+    # 50 steps x 20 / 500 = 2 s, then 100 x 20 / 2000 = 1 s.
+    assert row["steps_to_target"] == 150 and row["seconds_to_target"] == pytest.approx(3.0)
+    assert row["steps_to_loss"] == 150 and row["target_acc"] == 0.97
+
+
+def test_aggregate_takes_the_median_over_the_seeds_that_reached_it():
+    base = {"optimizer": "adam", "device": "cpu", "lr": 1e-3, "final_test_acc": 0.97, "best_test_acc": 0.97,
+            "final_train_loss": 0.1, "mean_epoch_seconds": 1.0, "samples_per_s": 1.0, "diverged": False,
+            "status": "finished", "steps_to_loss": np.nan, "seconds_to_loss": np.nan}
+    summary = pd.DataFrame([{**base, "steps_to_target": s, "seconds_to_target": s / 100} for s in (100, 300, np.nan)])
+    row = aggregate(summary).iloc[0]
+    assert row["steps_to_target_median"] == 200 and row["reached_target"] == 2 and row["reached_loss"] == 0
+
+
+runner = CliRunner()
+
+
+def test_mnist_reports_time_to_target_in_its_summary(tmp_path):
+    result = runner.invoke(app, ["mnist", "--opt", "adam", "--iterations", "150", "--eval-every", "50",
+                                 "--train-size", "5000", "--test-size", "1000", "--target", "80", "--target-loss", "0.6",
+                                 "--no-plot", "--name", "run", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "mnist" / "run" / "summary.csv").iloc[0]
+    epochs = pd.read_csv(tmp_path / "mnist" / "run" / "epochs.csv")
+    first = epochs.loc[epochs["test_acc"] >= 0.80, "iteration"].min()  # the oracle: the evaluations themselves
+    assert summary["target_acc"] == 0.80 and summary["steps_to_target"] == first
+    assert summary["seconds_to_target"] > 0
+
+
+@pytest.mark.parametrize("args", [["--target", "0"], ["--target", "101"], ["--target-loss", "-1"]])
+def test_bad_targets_are_refused_in_one_line(tmp_path, args):
+    result = runner.invoke(app, ["mnist", "--opt", "adam", "--iterations", "10", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--target" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
