@@ -123,6 +123,8 @@ def surface_command(
     lr_schedule.check(steps)
     contenders = select_contenders(opt or [], hp or [], points=True)
     surfaces = surface_run.select_surfaces(fn or [])
+    for surface in surfaces:  # every surface's run length, before anything is written
+        lr_schedule.check(steps or surface.steps)
     prepare_dir(out)
     written = []
     progress = Progress(
@@ -134,7 +136,6 @@ def surface_command(
             task = progress.add_task("surfaces", total=len(surfaces))
             for surface in surfaces:
                 progress.update(task, description=f"surface {surface.name}")
-                lr_schedule.check(steps or surface.steps)
                 result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
                                                  schedule=lr_schedule)
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)

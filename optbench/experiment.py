@@ -350,12 +350,19 @@ def _eval_sets(splits: dict) -> dict:
     return {name: splits[name] for name in ("val", "test") if name in splits}
 
 
+# Arrays the size of a member's parameters besides them and their gradients: up to eight of
+# optimizer state, scratch and temporaries (Prodigy: s, p0, m, v and three temporaries;
+# AdEMAMix: three of state, three of scratch), and one copy while Schedule-Free is evaluated
+# at its average.
+STATE_ARRAYS = 8 + 1
+
+
 def member_bytes(problem: MnistProblem) -> int:
-    """Memory one member needs while it trains: parameters, gradients and up to five arrays of
-    optimizer state and scratch, and its activations (forward and backward) for one batch."""
+    """Memory one member needs while it trains: parameters, gradients, the optimizer's arrays
+    (`STATE_ARRAYS`), and its activations (forward and backward) for one batch."""
     params = parameter_count(problem.sizes, problem.batchnorm)
     activations = problem.batch_size * sum(problem.sizes[1:]) * 6
-    return 4 * (params * 7 + activations)
+    return 4 * (params * (2 + STATE_ARRAYS) + activations)
 
 
 def memory_budget(device: Device) -> int:

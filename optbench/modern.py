@@ -31,13 +31,14 @@ def tensors(p, layout):
     member's flat buffer shaped (1, *shape); without, `p` itself as one vector per row."""
     if layout is None:
         return [p if p.ndim >= 2 else p[None]]
+    total = sum(math.prod(shape) for _, shape in layout)
+    if p.ndim != 1 or total != p.shape[0]:
+        raise OptbenchError(f"a layout of {total} parameters does not fit a buffer of shape {p.shape}")
     views, offset = [], 0
     for _, shape in layout:
         size = math.prod(shape)
         views.append(p[offset : offset + size].reshape((1, *shape)))
         offset += size
-    if offset != p.shape[-1] or p.ndim != 1:
-        raise OptbenchError(f"a layout of {offset} parameters does not fit a buffer of shape {p.shape}")
     return views
 
 
@@ -157,6 +158,11 @@ class ScheduleFreeAdamW(_ScheduleFree):
     defaults = {"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0.0,
                 "r": 0.0, "weight_lr_power": 2.0}
 
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.beta1 < 1:  # the average x = lerp(y, z, 1 - 1/beta1) divides by it
+            raise OptbenchError(f"{self.name}: invalid beta1 {self.beta1!r} (must be in (0, 1))")
+
     @property
     def _beta(self) -> float:
         return self.beta1
@@ -256,7 +262,8 @@ class Prodigy(Optimizer):
         # d and its kin are float64 whatever p is, as the reference's Python floats are; each
         # product rounds them to p's dtype first, as torch rounds a Python scalar.
         ones = xp.ones((rows.shape[0],) + (1,) * (rows.ndim - 1), dtype=np.float64)
-        state = {"step": 0, "k": 0, "s": xp.zeros_like(p), "p0": p.copy(), "exp_avg_sq": xp.zeros_like(p),
+        # k counts each member's steps that moved it (the reference skips a step whose |s|_1 is 0).
+        state = {"step": 0, "k": ones * 0, "s": xp.zeros_like(p), "p0": p.copy(), "exp_avg_sq": xp.zeros_like(p),
                  "d": ones * self.d0, "d_max": ones * self.d0, "d_numerator": ones * 0}
         if self.beta1 > 0:
             state["exp_avg"] = xp.zeros_like(p)
@@ -309,7 +316,7 @@ class Prodigy(Optimizer):
             pr += xp.where(moving, (exp_avg / denom) * (-dlr).astype(t), 0)
         else:
             pr += xp.where(moving, (gr / denom) * (-dlr * d).astype(t), 0)
-        state["k"] = k + 1 if bool(xp.all(moving)) else k
+        state["k"] = k + moving
 
 
 class AdEMAMix(Optimizer):
@@ -327,6 +334,12 @@ class AdEMAMix(Optimizer):
                 "eps": 1e-8, "weight_decay": 0.0, "weight_decouple": False}
     ranges = {"alpha": (lambda v: v >= 0, ">= 0"), "beta3": (lambda v: 0 <= v < 1, "in [0, 1)"),
               "t_alpha_beta3": (lambda v: v > 0, "> 0")}
+
+    def check(self) -> None:
+        super().check()
+        if self.t_alpha_beta3 is not None and not (self.beta1 > 0 and self.beta3 > 0):
+            # beta3's warmup interpolates log(beta1) and log(beta3).
+            raise OptbenchError(f"{self.name}: t_alpha_beta3 needs beta1 > 0 and beta3 > 0")
 
     def init(self, p) -> dict:
         xp = get_array_module(p)
@@ -510,13 +523,18 @@ class Muon(_Layered):
               "adamw_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"), "adamw_eps": (lambda v: v >= 0, ">= 0"),
               "adamw_weight_decay": (lambda v: v >= 0, ">= 0")}
 
-    def _adamw(self):
-        """The AdamW of the non-matrix parameters, its lr scheduled as Muon's is."""
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
         from optbench.optimizers import AdamW
 
-        scheduled = self.adamw_lr * (self.lr / self.hparams["lr"])
-        return AdamW(lr=scheduled, beta1=self.adamw_beta1, beta2=self.adamw_beta2, eps=self.adamw_eps,
-                     weight_decay=self.adamw_weight_decay)
+        self._pairing = AdamW(lr=self.adamw_lr, beta1=self.adamw_beta1, beta2=self.adamw_beta2, eps=self.adamw_eps,
+                              weight_decay=self.adamw_weight_decay)
+
+    def _adamw(self):
+        """The AdamW of the non-matrix parameters, its lr scheduled as Muon's is (set, not
+        checked: a decaying schedule ends at lr 0, which no optimizer is built with)."""
+        self._pairing.lr = self.adamw_lr * (self.lr / self.hparams["lr"])
+        return self._pairing
 
     def _init_state(self, p, layout) -> dict:
         if layout is None:
@@ -543,7 +561,7 @@ class Muon(_Layered):
         transposed = x.shape[0] > x.shape[1]
         if transposed:
             x = x.T
-        x = x / max(float(xp.sqrt((x * x).sum())), self.eps)
+        x = x / xp.maximum(xp.sqrt((x * x).sum()), self.eps)  # on the device: no sync on CuPy
         for _ in range(int(self.ns_steps)):
             gram = x @ x.T
             x = a * x + (b * gram + c * (gram @ gram)) @ x

@@ -97,15 +97,17 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
     answer = getattr(optimizer, "evaluation_weights", lambda p, state: p)
     positions[0], losses[0] = p, surface.value(p)
     # Overflow and NaN are expected here (that is divergence), and are found below, not warned.
-    with np.errstate(all="ignore"):
-        for t in range(1, steps + 1):
-            lrs.at(t)
-            optimizer.update(p, surface.gradient(p), state)
-            positions[t] = answer(p, state)
-            losses[t] = surface.value(positions[t])
-            if not np.isfinite(losses[t]).any():
-                break
-    lrs.restore()
+    try:
+        with np.errstate(all="ignore"):
+            for t in range(1, steps + 1):
+                lrs.at(t)
+                optimizer.update(p, surface.gradient(p), state)
+                positions[t] = answer(p, state)
+                losses[t] = surface.value(positions[t])
+                if not np.isfinite(losses[t]).any():
+                    break
+    finally:
+        lrs.restore()
     return positions, losses
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from optbench import kernels
-from optbench.optimizers import fused_paths, init_state
+from optbench.optimizers import Optimizer, fused_paths, init_state
 
 
 class _Group:
@@ -78,7 +78,9 @@ class MemberUpdates:
         by_layout: dict[tuple, list[int]] = {}
         for k, opt in enumerate(self.optimizers):
             kernel = fused_paths(type(opt)).numba
-            if isinstance(kernel, kernels.RowsKernel) and np.isscalar(opt.lr):
+            # A class that overrides `update` (a subclass that clips, say) is updated by its own.
+            own_update = type(opt).update is not Optimizer.update
+            if isinstance(kernel, kernels.RowsKernel) and np.isscalar(opt.lr) and not own_update:
                 by_layout.setdefault((kernel.name, kernel.state_arrays(opt)), []).append(k)
         for (name, _), members in by_layout.items():
             group = _Group(fused_paths(type(self.optimizers[members[0]])).numba, members, self.optimizers,
@@ -103,13 +105,16 @@ class MemberUpdates:
         """Inside, each row holds its optimizer's evaluation weights (Schedule-Free's average:
         what the reference's `eval()` switches to); afterwards, bitwise what it held before."""
         saved = {}
-        for k, opt in enumerate(self.optimizers):
-            answer = getattr(opt, "evaluation_weights", None)
-            weights = answer(self.params[k], self.states[k]) if answer else self.params[k]
-            if weights is not self.params[k]:
-                saved[k] = self.params[k].copy()
-                self.params[k][...] = weights
         try:
+            for k, opt in enumerate(self.optimizers):
+                answer = getattr(type(opt), "evaluation_weights", Optimizer.evaluation_weights)
+                if answer is Optimizer.evaluation_weights:  # the parameters themselves: nothing to swap
+                    continue
+                row = self.params[k]
+                weights = opt.evaluation_weights(row, self.states[k])
+                if weights is not row:
+                    saved[k] = row.copy()
+                    row[...] = weights
             yield
         finally:
             for k, row in saved.items():

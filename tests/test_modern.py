@@ -360,8 +360,51 @@ def test_every_modern_rule_names_its_reference_and_paper(name):
 @pytest.mark.parametrize(("name", "hparams", "fragment"), [
     ("lion", {"lr": 0.0}, "lr"), ("lion", {"beta2": 1.5}, "beta2"), ("sf_sgd", {"momentum": 1.0}, "momentum"),
     ("sf_adamw", {"eps": -1.0}, "eps"), ("prodigy", {"d0": 0.0}, "d0"), ("prodigy", {"beta3": 2.0}, "beta3"),
+    ("sf_adamw", {"beta1": 0.0}, "beta1"), ("ademamix", {"t_alpha_beta3": 10.0, "beta1": 0.0}, "beta1 > 0"),
+    ("ademamix", {"t_alpha_beta3": 10.0, "beta3": 0.0}, "beta3 > 0"), ("adafactor", {"d": 0.5}, "d"),
 ])
 def test_bad_settings_are_refused_in_one_line(name, hparams, fragment):
     with pytest.raises(OptbenchError) as excinfo:
         make_optimizer(name, **hparams)
     assert fragment in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_prodigy_rows_stay_independent_when_one_row_cannot_move():
+    # A row whose gradient is 0 at its start has |s|_1 = 0: the reference skips its step, and
+    # its step count with it. The other rows must count theirs, bias correction included.
+    def grad(p):
+        g = gradient(p)
+        g[(p == POINTS[0]).all(axis=1)] = 0.0  # the first start's row, which then never moves
+        return g
+
+    def run(p):
+        opt = make_optimizer("prodigy", use_bias_correction=True)
+        state = init_state(opt, p)
+        for _ in range(20):
+            opt.update(p, grad(p), state)
+        return p
+
+    together = run(POINTS.copy())
+    np.testing.assert_array_equal(together[0], POINTS[0])
+    np.testing.assert_allclose(together[1:], run(POINTS[1:].copy()), rtol=1e-13, atol=1e-15)
+
+
+def test_muon_under_a_decaying_schedule_reaches_lr_zero():
+    from optbench.schedules import Schedule, ScheduledLRs
+
+    opt = make_optimizer("muon")
+    p = np.random.default_rng(2).uniform(-1, 1, sum(math.prod(s) for _, s in MUON_SHAPES))
+    state = init_state(opt, p, MUON_SHAPES)
+    lrs = ScheduledLRs([opt], Schedule("cosine"), 10)
+    for t in range(1, 11):
+        lrs.at(t)
+        before = p.copy()
+        opt.update(p, gradient(p), state)
+    assert opt.lr == 0.0 and np.array_equal(p, before)  # the last step has lr 0: nothing moves
+    lrs.restore()
+    assert opt.lr == 1e-3
+
+
+def test_a_layout_that_does_not_fit_is_refused_in_one_line():
+    with pytest.raises(OptbenchError, match="does not fit"):
+        init_state(make_optimizer("lamb"), np.zeros(18), [("W0", (5, 3)), ("b0", (4,))])

@@ -171,3 +171,10 @@ def test_the_python_api_takes_a_schedule():
     assert problem.total_steps == 20
     with pytest.raises(OptbenchError, match="not shorter"):
         optbench.MnistProblem(iterations=20, train_size=1000, schedule=optbench.Schedule(warmup=20)).check()
+
+
+def test_a_schedule_too_long_for_one_surface_stops_before_any_is_written(tmp_path):
+    result = runner.invoke(app, ["surface", "--opt", "sgd", "--fn", "rosenbrock", "--fn", "bowl", "--warmup", "300",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not shorter" in result.output
+    assert not (tmp_path / "out").exists()

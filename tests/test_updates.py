@@ -107,3 +107,41 @@ def test_a_member_state_is_its_own_row_of_the_group_stack():
     assert [s["step"] for s in updates.states] == [1, 0, 1]
     assert not updates.states[1]["exp_avg"].any() and updates.states[2]["exp_avg"].all()
     assert updates.states[0]["exp_avg"].base is updates.states[2]["exp_avg"].base is not None  # one stack
+
+
+def test_a_subclass_with_its_own_update_is_updated_by_it_not_by_a_group_kernel():
+    from optbench.optimizers import Adam
+
+    calls = []
+
+    class Clipped(Adam):
+        name = "clipped"
+
+        def update(self, p, g, state):
+            calls.append(1)
+            super().update(p, np.clip(g, -1e-3, 1e-3), state)
+
+    params, grads, _ = _population(np.float64, n=11)
+    params, grads = params[:3], grads[:3]
+    updates = MemberUpdates([Clipped(), Adam(), Adam()], params, grads)
+    grads[...] = 1.0
+    updates.step([0, 1, 2])
+    assert calls == [1] and 0 not in updates.group_of and 1 in updates.group_of
+
+
+def test_answering_swaps_in_the_average_and_restores_every_row_bitwise():
+    params, grads, rng = _population(np.float64, n=9)
+    params, grads = params[:3], grads[:3]
+    updates = MemberUpdates([make_optimizer("sf_adamw", lr=0.05), make_optimizer("adam"),
+                             make_optimizer("sf_sgd", lr=0.05)], params, grads)
+    for _ in range(5):
+        grads[...] = rng.standard_normal(grads.shape)
+        updates.step([0, 1, 2])
+    before = params.copy()
+    with updates.answering():
+        np.testing.assert_array_equal(params[1], before[1])  # Adam answers with its parameters
+        for k in (0, 2):
+            expected = updates.optimizers[k].evaluation_weights(before[k], updates.states[k])
+            np.testing.assert_array_equal(params[k], expected)
+            assert not np.array_equal(params[k], before[k])
+    np.testing.assert_array_equal(params, before)
