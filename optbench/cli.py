@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progres
 
 from optbench import surface_run, tables
 from optbench.errors import OptbenchError
-from optbench.results import prepare_dir
+from optbench.results import prepare_dir, write_csv
 from optbench.optimizers import OPTIMIZERS, select_contenders
 from optbench.schedules import Schedule
 from optbench.surfaces import SURFACES
@@ -331,10 +331,44 @@ def report_command(
         target = prepare_dir(out or (runs_[0] if len(runs_) == 1 else Path("results") / "mnist" / "report"))
         written = runs.draw_run_plots(target, curves, epochs, result.summary)
         if comparison is not None:
-            from optbench.results import write_csv
-
             written.append(write_csv(comparison, target / "devices.csv"))
         console.print(f"[dim]wrote {escape(', '.join(str(p) for p in written))}[/]")
+
+
+@app.command("profile")
+def profile_command(
+    folders: Annotated[list[Path], typer.Argument(help="Run folders: results/surface/<name> and results/mnist/<run>.")],
+    cost: Annotated[str, typer.Option("--cost", help="steps or seconds (MNIST runs only) to the target.")] = "steps",
+    r_max: Annotated[float, typer.Option("--r-max", help="Profiles drawn and integrated for tau in [1, r_max].")] = 4.0,
+    out: OutOption = Path("results"),
+    quiet: QuietOption = False,
+) -> None:
+    """Performance profiles over problems (run folders): the fraction each optimizer solves within tau x the best."""
+    import numpy as np
+
+    from optbench import plots, profiles
+
+    costs, left_out = profiles.on_every_problem(profiles.read_costs(folders, cost))
+    if costs.shape[1] == 0:
+        raise OptbenchError("no optimizer ran on every one of these problems")
+    ratios = profiles.performance_ratios(costs)
+    scores = profiles.integrated_scores(ratios, r_max)
+    curves = profiles.profile(ratios, np.linspace(1.0, r_max, 301))
+    curves.attrs["problems"] = len(costs)
+    folder = prepare_dir(out / "profile")
+    written = [
+        write_csv(costs.reset_index(), folder / "costs.csv"),
+        write_csv(ratios.reset_index(), folder / "ratios.csv"),
+        write_csv(scores.rename_axis("optimizer").reset_index(), folder / "scores.csv"),
+        plots.save_profile(curves, scores, folder / "profile.png", cost),
+    ]
+    if quiet:
+        return
+    if left_out:
+        err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(left_out))}")
+    console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
+                                                         f"(integrated score on [1, {r_max:g}])"))
+    console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")
 
 
 @app.command("regress")

@@ -277,3 +277,22 @@ def save_epoch_times(summary: pd.DataFrame, path: Path) -> Path:
     ax.legend(title="device", frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def save_profile(curves: pd.DataFrame, scores: pd.Series, path: Path, cost: str = "steps") -> Path:
+    """Performance profiles: rho(tau) per optimizer (columns of `curves`, tau its index), as
+    steps, best integrated score first in the legend."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    colors_by = optimizer_colors(list(scores.index))
+    for optimizer in scores.index:
+        ax.step(curves.index, curves[optimizer], where="post", color=colors_by[optimizer], linewidth=1.6,
+                label=f"{optimizer} ({scores[optimizer]:.2f})")
+    ax.set_xlim(curves.index.min(), curves.index.max())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"τ: within τ × the best optimizer's {cost}")
+    ax.set_ylabel("fraction of problems solved, ρ(τ)")
+    ax.set_title(f"Performance profiles over {curves.attrs.get('problems', '?')} problems (integrated score)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -245,3 +245,18 @@ def bench_updates(frame: pd.DataFrame, title: str) -> Table:
         table.add_row(escape(row.net), f"{row.params:,}", escape(row.optimizer), escape(row.impl), f"{row.us_per_update:.1f}",
                       f"{row.dram_us:.1f}", f"{row.gb_per_s:.1f}")
     return table
+
+
+def profile_scores(scores, ratios, title: str) -> Table:
+    """One row per optimizer, best integrated score first: how many problems it solved and was best on."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("optimizer", style="bold")
+    table.add_column("score", justify="right")
+    table.add_column("solved", justify="right")
+    table.add_column("best on", justify="right")
+    for rank, (optimizer, score) in enumerate(scores.items(), start=1):
+        column = ratios[optimizer]
+        solved = int((column < float("inf")).sum())
+        table.add_row(str(rank), optimizer, f"{score:.3f}", f"{solved}/{len(column)}", str(int((column == 1).sum())))
+    return table

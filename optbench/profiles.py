@@ -1,0 +1,107 @@
+"""Performance profiles (Dolan & Moré 2002) and AlgoPerf's integrated score, over a set of problems.
+
+A problem's cost for an optimizer is what it took to reach the problem's target: steps (or
+seconds), NaN or inf when it never did. Its performance ratio is that cost over the best
+optimizer's on the problem; the profile rho_s(tau) is the fraction of problems optimizer s solves
+within tau times the best. A problem nobody solves counts as unsolved for everyone (it lowers
+every profile alike). The integrated score is the area under rho_s on [1, r_max], divided by
+r_max - 1: 1 for an optimizer that is best everywhere, 0 for one that never gets within r_max
+(AlgoPerf's benchmark score, r_max = 4).
+
+    costs = pd.DataFrame({"adam": [100, 50], "sgd": [200, np.nan]}, index=["bowl", "mnist"])
+    ratios = performance_ratios(costs)   # adam 1, 1; sgd 2, inf
+    integrated_scores(ratios)            # adam 1.0; sgd (4 - 2) / 3 / 2 = 1/3
+
+Pure pandas and NumPy; `read_costs` turns run folders (`optbench surface` and `optbench mnist`
+outputs) into such a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optbench import results
+from optbench.errors import OptbenchError
+
+R_MAX = 4.0
+
+
+def performance_ratios(costs: pd.DataFrame) -> pd.DataFrame:
+    """Cost over the problem's best cost, per problem (row) and optimizer (column); inf unsolved."""
+    values = costs.astype(float).where(np.isfinite(costs.astype(float)) & (costs.astype(float) > 0))
+    best = values.min(axis=1)
+    ratios = values.div(best, axis=0)
+    return ratios.fillna(np.inf)
+
+
+def profile(ratios: pd.DataFrame, taus) -> pd.DataFrame:
+    """rho_s(tau): the fraction of problems each optimizer solves within tau x the best, per tau."""
+    taus = np.asarray(taus, dtype=float)
+    within = ratios.to_numpy(dtype=float)[None, :, :] <= taus[:, None, None]  # (tau, problem, optimizer)
+    return pd.DataFrame(within.mean(axis=1), index=pd.Index(taus, name="tau"), columns=ratios.columns)
+
+
+def integrated_scores(ratios: pd.DataFrame, r_max: float = R_MAX) -> pd.Series:
+    """The area under each profile on [1, r_max] over r_max - 1, computed exactly (rho is a step
+    function: a problem solved at ratio r counts from tau = r on)."""
+    if r_max <= 1:
+        raise OptbenchError(f"invalid --r-max {r_max} (must be > 1)")
+    counted = (r_max - ratios.clip(lower=1.0)).clip(lower=0.0) / (r_max - 1)
+    counted = counted.where(np.isfinite(ratios), 0.0)
+    return counted.mean(axis=0).rename("score").sort_values(ascending=False, kind="stable")
+
+
+def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
+    """Costs per problem and optimizer from run folders, each optimizer at its best lr there.
+
+    A surface folder (`results/surface/<name>`) is one problem: steps to a gap below the
+    tolerance (`steps_to_tol`; no seconds there). A MNIST run folder is one problem per data set:
+    the median over seeds of the steps (or seconds) to the target accuracy. inf: it ran and never
+    reached the target; NaN: it did not run on that problem.
+    """
+    if cost not in ("steps", "seconds"):
+        raise OptbenchError(f"invalid --cost {cost!r} (steps or seconds)")
+    columns: dict[str, dict[str, float]] = {}
+    for folder in map(Path, folders):
+        path = folder / "summary.csv"
+        if not path.exists():
+            raise OptbenchError(f"{folder} is not an optbench run folder (no summary.csv)")
+        summary = results.read_csv(path)
+        if "surface" in summary.columns:
+            if cost == "seconds":
+                raise OptbenchError(f"{folder}: surface runs record steps, not seconds (use --cost steps)")
+            problem = f"{summary['surface'].iloc[0]} ({folder.name})" if len(summary) else folder.name
+            per = summary.assign(_cost=pd.to_numeric(summary["steps_to_tol"], errors="coerce"))
+            best = per.groupby("optimizer")["_cost"].min()
+        elif "steps_to_target" in summary.columns:
+            dataset = _dataset(folder)
+            column = "steps_to_target" if cost == "steps" else "seconds_to_target"
+            medians = summary.groupby(["optimizer", "lr"])[column].median()
+            best = medians.groupby(level="optimizer").min()
+            problem = f"{dataset} ({folder.name})"
+        else:
+            raise OptbenchError(f"{path}: no steps_to_tol or steps_to_target column (a run older than profiles)")
+        if problem in columns:
+            raise OptbenchError(f"two folders are the same problem {problem!r}")
+        columns[problem] = best.fillna(np.inf).to_dict()  # ran and never reached it: inf
+    table = pd.DataFrame(columns).T  # NaN: not run on that problem
+    table.index.name = "problem"
+    return table
+
+
+def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The optimizers that ran on every problem (a profile compares them on the same set), and
+    the names of those left out."""
+    complete = costs.notna().all(axis=0)
+    return costs.loc[:, complete], [str(name) for name in costs.columns[~complete]]
+
+
+def _dataset(folder: Path) -> str:
+    try:
+        return json.loads((folder / "manifest.json").read_text())["config"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "mnist"

@@ -1,0 +1,71 @@
+"""Performance profiles and integrated scores against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.errors import OptbenchError
+from optbench.profiles import integrated_scores, on_every_problem, performance_ratios, profile
+
+# Three optimizers, four problems; B never solves P3.
+COSTS = pd.DataFrame({"A": [10, 30, 100, 8], "B": [20, 15, np.inf, 8], "C": [40, 15, 50, 16]},
+                     index=["P1", "P2", "P3", "P4"], dtype=float)
+
+
+def test_ratios_by_hand():
+    expected = pd.DataFrame({"A": [1, 2, 2, 1], "B": [2, 1, np.inf, 1], "C": [4, 1, 1, 2]},
+                            index=COSTS.index, dtype=float)
+    pd.testing.assert_frame_equal(performance_ratios(COSTS), expected)
+
+
+def test_profiles_by_hand():
+    rho = profile(performance_ratios(COSTS), [1.0, 1.5, 2.0, 3.9, 4.0])
+    # A: best on P1, P4; within 2x on all.  B: best on P2, P4; P1 at 2x; never P3.
+    # C: best on P2, P3; P4 at 2x; P1 at exactly 4x.
+    np.testing.assert_allclose(rho["A"], [0.5, 0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(rho["B"], [0.5, 0.5, 0.75, 0.75, 0.75])
+    np.testing.assert_allclose(rho["C"], [0.5, 0.5, 0.75, 0.75, 1.0])
+
+
+def test_integrated_scores_by_hand():
+    # Each problem solved at ratio r <= 4 adds (4 - r) / 3, averaged over the four problems:
+    # A (1 + 2/3 + 2/3 + 1) / 4 = 5/6; B (2/3 + 1 + 0 + 1) / 4 = 2/3; C (0 + 1 + 1 + 2/3) / 4 = 2/3.
+    scores = integrated_scores(performance_ratios(COSTS))
+    assert list(scores.index) == ["A", "B", "C"]  # stable among the equal ones
+    np.testing.assert_allclose(scores.to_numpy(), [5 / 6, 2 / 3, 2 / 3])
+    # The same area by brute force on a fine grid of tau.
+    taus = np.linspace(1, 4, 300_001)
+    area = profile(performance_ratios(COSTS), taus).mean(axis=0)
+    np.testing.assert_allclose(area[scores.index].to_numpy(), scores.to_numpy(), atol=1e-4)
+    with pytest.raises(OptbenchError):
+        integrated_scores(performance_ratios(COSTS), r_max=1.0)
+
+
+def test_a_problem_nobody_solves_lowers_everyone_alike_and_absent_optimizers_are_left_out():
+    costs = pd.concat([COSTS, pd.DataFrame({"A": [np.inf], "B": [np.inf], "C": [np.inf]}, index=["P5"])])
+    assert (performance_ratios(costs).loc["P5"] == np.inf).all()
+    np.testing.assert_allclose(integrated_scores(performance_ratios(costs))["A"], 5 / 6 * 4 / 5)
+    with_absent = costs.assign(D=[1.0, 1.0, 1.0, 1.0, np.nan])  # D did not run on P5
+    kept, left_out = on_every_problem(with_absent)
+    assert list(kept.columns) == ["A", "B", "C"] and left_out == ["D"]
+
+
+def test_profile_command_reads_surface_folders(tmp_path):
+    runner = CliRunner()
+    for name in ("bowl", "booth"):
+        result = runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", name, "--out", str(tmp_path),
+                                     "--no-plot", "--quiet"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["profile", str(tmp_path / "surface" / "bowl"), str(tmp_path / "surface" / "booth"),
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(tmp_path / "profile" / "scores.csv")
+    costs = pd.read_csv(tmp_path / "profile" / "costs.csv").set_index("problem")
+    assert set(scores["optimizer"]) == {"adam", "sgd"} and len(costs) == 2
+    assert scores["score"].between(0, 1).all() and (tmp_path / "profile" / "profile.png").stat().st_size > 10_000
+    bad = runner.invoke(app, ["profile", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "not an optbench run folder" in bad.output
