@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -114,10 +115,13 @@ def surface_command(
     warmup: WarmupOption = 0.0,
     min_lr_ratio: MinLrOption = 0.0,
     decay_fraction: DecayOption = 0.2,
+    tol: Annotated[float, typer.Option("--tol", help="Time to target: steps_to_tol counts the steps to a gap (loss - minimum) below this.")] = 1e-3,
     quiet: QuietOption = False,
 ) -> None:
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     lrs = lr or []
+    if not (math.isfinite(tol) and tol > 0):
+        raise OptbenchError(f"invalid --tol {tol} (must be a finite number > 0)")
     surface_run.check_lrs(lrs, tune)
     lr_schedule = Schedule(schedule, warmup, min_lr_ratio, decay_fraction)
     lr_schedule.check(steps)
@@ -137,7 +141,7 @@ def surface_command(
             for surface in surfaces:
                 progress.update(task, description=f"surface {surface.name}")
                 result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
-                                                 schedule=lr_schedule)
+                                                 schedule=lr_schedule, tol=tol)
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)
                 written.append((result, files))
                 progress.advance(task)
@@ -154,7 +158,7 @@ def surface_command(
             title += " — lr tuned"
         if not lr_schedule.is_constant:
             title += f" — lr schedule: {lr_schedule.label()}"
-        console.print(tables.surface_summary(result.summary, title))
+        console.print(tables.surface_summary(result.summary, title, tol))
         console.print(f"[dim]wrote {escape(str(files[0].parent))}/ ({escape(', '.join(f.name for f in files))})[/]")
 
 

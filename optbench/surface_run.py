@@ -25,7 +25,7 @@ from optbench.spread import series_label
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
 from optbench.schedules import CONSTANT, Schedule
-from optbench.trajectories import TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
+from optbench.trajectories import GAP_TOL, TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
 
 TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
@@ -94,6 +94,7 @@ def run_surface(
     start: tuple[float, float] | None = None,
     tune: bool = False,
     schedule: Schedule = CONSTANT,
+    tol: float = GAP_TOL,
 ) -> SurfaceResult:
     """Run every member (`surface_members`) on `surface` as one population; with `tune`, each
     optimizer at the lr of TUNE_GRID with the lowest final loss instead (`tune_lr`)."""
@@ -117,7 +118,7 @@ def run_surface(
     return SurfaceResult(
         surface,
         pd.concat(trajectories, ignore_index=True),
-        sort_summary(_summary_frame(surface, members, batch, schedule)),
+        sort_summary(_summary_frame(surface, members, batch, schedule, tol)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
     )
 
@@ -147,11 +148,12 @@ def _trajectory_frame(surface: Surface, label: str, lr: float, batch) -> pd.Data
     )
 
 
-def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedule: Schedule = CONSTANT) -> pd.DataFrame:
+def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedule: Schedule = CONSTANT,
+                   tol: float = GAP_TOL) -> pd.DataFrame:
     """One row per member (row of `batch`)."""
     final = batch.final_positions
     final_loss = batch.final_losses
-    reached = steps_to_tol(surface, batch)
+    reached = steps_to_tol(surface, batch, tol)
     return pd.DataFrame(
         {
             "surface": surface.name,

@@ -21,13 +21,13 @@ def _number(value, digits: int = 3) -> str:
     return str(value)
 
 
-def surface_summary(summary: pd.DataFrame, title: str) -> Table:
+def surface_summary(summary: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
     """One row per optimizer, in the summary's order (best first); diverged rows in red."""
     bounded = summary["gap"].notna().any()
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("optimizer", style="bold", no_wrap=True)
-    names = ["lr", "final loss"] + (["gap", "dist to min", "steps to 1e-3"] if bounded else []) + ["final x, y"]
+    names = ["lr", "final loss"] + (["gap", "dist to min", f"steps to {tol:g}"] if bounded else []) + ["final x, y"]
     for name in names:
         table.add_column(name, justify="right")
     for rank, row in enumerate(summary.itertuples(), start=1):

@@ -164,12 +164,12 @@ def run_members(surface: Surface, members: list[SurfaceMember], steps: int,
     return TrajectoryBatch(batch.positions[:, back], batch.losses[:, back], batch.stop[back])
 
 
-def steps_to_tol(surface: Surface, batch: TrajectoryBatch) -> np.ndarray:
-    """Per row, the first step with loss - minimum < GAP_TOL, or -1 when never (or no minimum)."""
+def steps_to_tol(surface: Surface, batch: TrajectoryBatch, tol: float = GAP_TOL) -> np.ndarray:
+    """Per row, the first step with loss - minimum < tol, or -1 when never (or no minimum)."""
     if not surface.bounded:
         return np.full(batch.losses.shape[1], -1)
     with np.errstate(invalid="ignore"):
-        below = batch.losses - surface.min_value < GAP_TOL
+        below = batch.losses - surface.min_value < tol
     return np.where(below.any(axis=0), np.argmax(below, axis=0), -1)
 
 

@@ -63,3 +63,19 @@ def test_bad_targets_are_refused_in_one_line(tmp_path, args):
     result = runner.invoke(app, ["mnist", "--opt", "adam", "--iterations", "10", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--target" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_surface_tol_sets_steps_to_tol(tmp_path):
+    counts = {}
+    for tol in ("1e-3", "1e-8"):
+        result = runner.invoke(app, ["surface", "--opt", "adam", "--fn", "bowl", "--tol", tol, "--no-plot", "--quiet",
+                                     "--out", str(tmp_path / tol)])
+        assert result.exit_code == 0, result.output
+        summary = pd.read_csv(tmp_path / tol / "surface" / "bowl" / "summary.csv").iloc[0]
+        trajectory = pd.read_csv(tmp_path / tol / "surface" / "bowl" / "trajectories.csv")
+        # The oracle: the first recorded step whose loss (the gap: the bowl's minimum is 0) is below tol.
+        assert summary["steps_to_tol"] == trajectory.loc[trajectory["loss"] < float(tol), "step"].min()
+        counts[tol] = summary["steps_to_tol"]
+    assert counts["1e-8"] > counts["1e-3"]
+    bad = runner.invoke(app, ["surface", "--opt", "adam", "--tol", "0", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--tol" in bad.output
