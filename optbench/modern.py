@@ -130,6 +130,16 @@ def _lerp_any_(start, end, weight, work) -> None:
     start[...] = xp.where(small, near_start, near_end)
 
 
+def _schedule_free_step_(y, z, u, weight_decay: float, ckp1, y_coef, lr, work) -> None:
+    """Both Schedule-Free rules' step from their direction u (the gradient, or Adam's scaled one):
+    u += wd * y;  y <- lerp(y, z, c);  y <- y + lr (beta (1 - c) - 1) u;  z <- z - lr u."""
+    if weight_decay != 0:
+        u += y * weight_decay
+    _lerp_any_(y, z, ckp1, work)
+    y += u * y_coef
+    z -= u * lr
+
+
 class _ScheduleFree(Optimizer):
     """Schedule-Free (Defazio et al. 2024). The parameters are the gradient point y; the
     averaged weights x = lerp(y, z, 1 - 1/beta), which the reference's `eval()` switches to, are
@@ -185,11 +195,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         xp.sqrt(work, out=work)
         work += self.eps
         xp.divide(g, work, out=u)
-        if self.weight_decay != 0:
-            u += p * self.weight_decay
-        _lerp_any_(p, z, ckp1, work)
-        p += u * y_coef
-        z -= u * lr
+        _schedule_free_step_(p, z, u, self.weight_decay, ckp1, y_coef, lr, work)
 
 
 class ScheduleFreeSGD(_ScheduleFree):
@@ -224,11 +230,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         u, work = _scratch(state, p, 2)
         z = state["z"]
         u[...] = g
-        if self.weight_decay != 0:
-            u += p * self.weight_decay
-        _lerp_any_(p, z, ckp1, work)
-        p += u * y_coef
-        z -= u * lr
+        _schedule_free_step_(p, z, u, self.weight_decay, ckp1, y_coef, lr, work)
 
 
 class Prodigy(Optimizer):
