@@ -1,8 +1,8 @@
 """The update of a population's members: one fused pass per group of members that share a kernel.
 
 Each member has its own optimizer, hyperparameters and state. Members whose optimizers have the
-same row kernel (`kernels.RowsKernel`: SGD, Adam, RMSprop and their families) with the same state
-arrays, in one dtype, form a group: their state lives in stacked (members, N) arrays, and one
+same row kernel (`kernels.RowsKernel`: SGD, Adam, RMSprop and their families, Lion, Schedule-Free,
+AdEMAMix) with the same state arrays, in one dtype, form a group: their state lives in stacked (members, N) arrays, and one
 launch updates all of them, each with its own hyperparameters and step scalars. Every other
 member (a rule without a CPU kernel, a user's class, the GPU) is updated alone by
 `Optimizer.update`, its one-member dispatcher.
@@ -37,13 +37,10 @@ class _Group:
         for name in names:
             # SGD's momentum buffer is made by its first step: until then the state says None.
             initial = [state.get(name) for state in self.states]
-            stack = np.empty((len(members), rows.shape[1]), dtype=dtype)
-            for s, value in enumerate(initial):
-                if value is not None:
-                    stack[s] = value
-            self.stacked[name] = stack
+            stack = self.stacked[name] = np.empty((len(members), rows.shape[1]), dtype=dtype)
             for s, (state, value) in enumerate(zip(self.states, initial)):
                 if value is not None:
+                    stack[s] = value
                     state[name] = stack[s]
         self.constants = kernel.constants(self.optimizers, dtype.type)
 
