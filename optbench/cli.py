@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -526,7 +527,14 @@ def data_fetch_command(
                 console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {escape(str(folder))}")
 
 
+def _terminated(signum, frame) -> None:
+    # SIGTERM (a cluster's time limit, `timeout`, a container stop) stops a run as Ctrl-C does:
+    # what was trained is kept, marked interrupted, exit code 130.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

@@ -224,3 +224,31 @@ def test_report_keeps_two_runs_of_one_optimizer_apart(tmp_path, mnist_available)
     result = invoke("report", tmp_path / "mnist" / "one", tmp_path / "mnist" / "two", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "sgd [one]" in result.output and "sgd [two]" in result.output
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_what_was_trained(tmp_path, mnist_available):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "mnist" / "term"
+    process = subprocess.Popen(
+        # Two populations of one: the first one's files appear when it finishes, then the second trains.
+        [sys.executable, "-m", "optbench", "mnist", "--opt", "adam", "--opt", "sgd", "--max-population", "1",
+         "--train-size", "6000", "--test-size", "1000", "--iterations", "600", "--eval-every", "200",
+         "--out", str(tmp_path), "--name", "term", "--no-plot", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    deadline = time.time() + 120
+    while not (folder / "summary.csv").exists():  # written when the first population finishes
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    summary = pd.read_csv(folder / "summary.csv").set_index("optimizer")
+    assert summary.loc["adam", "status"] == "finished" and summary.loc["sgd", "status"] == "interrupted"
