@@ -184,3 +184,54 @@ def test_a_population_trains_on_cupy_as_on_numpy():
     np.testing.assert_allclose(gpu.losses[finite], cpu.losses[finite], rtol=1e-4)
     np.testing.assert_allclose(w_gpu[finite], w_cpu[finite], rtol=1e-3, atol=1e-5)
 
+
+
+MODERN_NAMES = ["lion", "sf_adamw", "sf_sgd", "ademamix", "prodigy", "lamb", "adafactor", "muon"]
+
+
+@pytest.mark.parametrize("name", MODERN_NAMES)
+def test_modern_rules_agree_on_numpy_and_cupy_over_a_network_layout(name):
+    import cupy
+
+    from optbench.mlp import parameter_count, parameter_shapes
+    from optbench.optimizers import init_state, make_optimizer
+
+    sizes = (30, 12, 6)
+    layout, n = parameter_shapes(sizes, False), parameter_count(sizes)
+    rng = np.random.default_rng(0)
+    p_cpu = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    p_gpu = cupy.asarray(p_cpu)
+    opt = make_optimizer(name)
+    s_cpu, s_gpu = init_state(opt, p_cpu, layout), init_state(opt, p_gpu, layout)
+    for _ in range(20):
+        g = (rng.standard_normal(n) * 0.1).astype(np.float32)
+        opt.update(p_cpu, g, s_cpu)
+        opt.update(p_gpu, cupy.asarray(g), s_gpu)
+    assert p_gpu.dtype == cupy.float32
+    # Reductions (norms, Prodigy's sums, Muon's products) add up in another order on the GPU.
+    np.testing.assert_allclose(cupy.asnumpy(p_gpu), p_cpu, rtol=1e-3, atol=1e-5)
+    answer = opt.evaluation_weights(p_gpu, s_gpu)
+    np.testing.assert_allclose(cupy.asnumpy(answer), opt.evaluation_weights(p_cpu, s_cpu), rtol=1e-3, atol=1e-5)
+
+
+def test_a_schedule_trains_alike_with_and_without_the_cuda_graph():
+    """The schedule sets the host-side lr of the update, which runs outside the graph."""
+    import cupy
+
+    from optbench.mlp import MLP
+    from optbench.optimizers import make_optimizer
+    from optbench.schedules import Schedule
+    from optbench.training import train
+
+    device = select_device("gpu")
+    rng = np.random.default_rng(0)
+    data = [cupy.asarray(a) for a in (rng.random((1000, 784), dtype=np.float32), rng.integers(0, 10, 1000),
+                                      rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200))]
+    runs = {}
+    for graph in (False, True):
+        net = MLP((784, 100, 10), seed=0, xp=cupy)
+        log = train(net, make_optimizer("adam", lr=0.01), *data, epochs=2, eval_every=5, batch_size=100,
+                    sync=device.sync, cuda_graph=graph, schedule=Schedule("cosine", warmup=4))
+        runs[graph] = ([r["train_loss"] for r in log.iterations], cupy.asnumpy(net.params))
+    assert runs[True][0] == runs[False][0]
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
