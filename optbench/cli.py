@@ -117,12 +117,17 @@ def surface_command(
     min_lr_ratio: MinLrOption = 0.0,
     decay_fraction: DecayOption = 0.2,
     tol: Annotated[float, typer.Option("--tol", help="Time to target: steps_to_tol counts the steps to a gap (loss - minimum) below this.")] = 1e-3,
+    noise: Annotated[float, typer.Option("--noise", help="Gaussian noise of this std on every gradient, drawn per seed.")] = 0.0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Run seeds S .. S+N-1 (S from --seed) of the gradient noise.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="First seed of the gradient noise.")] = 0,
     quiet: QuietOption = False,
 ) -> None:
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     lrs = lr or []
     if not (math.isfinite(tol) and tol > 0):
         raise OptbenchError(f"invalid --tol {tol} (must be a finite number > 0)")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise OptbenchError(f"invalid --noise {noise} (must be a finite number >= 0)")
     surface_run.check_lrs(lrs, tune)
     lr_schedule = Schedule(schedule, warmup, min_lr_ratio, decay_fraction)
     lr_schedule.check(steps)
@@ -142,7 +147,8 @@ def surface_command(
             for surface in surfaces:
                 progress.update(task, description=f"surface {surface.name}")
                 result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
-                                                 schedule=lr_schedule, tol=tol)
+                                                 schedule=lr_schedule, tol=tol, noise=noise,
+                                                 seeds=range(seed, seed + seeds))
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)
                 written.append((result, files))
                 progress.advance(task)
@@ -159,7 +165,12 @@ def surface_command(
             title += " — lr tuned"
         if not lr_schedule.is_constant:
             title += f" — lr schedule: {lr_schedule.label()}"
-        console.print(tables.surface_summary(result.summary, title, tol))
+        if noise:
+            title += f" — gradient noise {noise:g}"
+        if seeds > 1:
+            console.print(tables.surface_aggregate(surface_run.aggregate(result.summary), f"{title}, {seeds} seeds", tol))
+        else:
+            console.print(tables.surface_summary(result.summary, title, tol))
         console.print(f"[dim]wrote {escape(str(files[0].parent))}/ ({escape(', '.join(f.name for f in files))})[/]")
 
 

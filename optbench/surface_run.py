@@ -10,7 +10,7 @@ and shows the summary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,9 +27,9 @@ from optbench.surfaces import SURFACES, Surface, get_surface
 from optbench.schedules import CONSTANT, Schedule
 from optbench.trajectories import GAP_TOL, TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
 
-TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "step", "x", "y", "loss"]
+TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "seed", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
-    "surface", "optimizer", "lr", "schedule", "steps", "final_x", "final_y", "final_loss", "gap",
+    "surface", "optimizer", "lr", "schedule", "seed", "steps", "final_x", "final_y", "final_loss", "gap",
     "dist_to_min", "steps_to_tol", "diverged",
 ]
 
@@ -59,10 +59,11 @@ def check_lrs(lrs: Sequence[float], tune: bool = False) -> None:
 
 
 def surface_members(
-    surface: Surface, contenders: list[Contender], lrs: Sequence[float] = (), start: tuple[float, float] | None = None
+    surface: Surface, contenders: list[Contender], lrs: Sequence[float] = (), start: tuple[float, float] | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> list[SurfaceMember]:
     """Every optimizer at each of its lrs (`learning_rates`: --hp lr, then every --lr, then the
-    surface's table), from `start` (default: the surface's), optimizer by optimizer."""
+    surface's table) and each seed, from `start` (default: the surface's), optimizer by optimizer."""
     start = tuple(start) if start is not None else surface.start
     with np.errstate(all="ignore"):
         start_loss = surface.value(np.asarray(start, dtype=np.float64))
@@ -73,7 +74,7 @@ def surface_members(
         rest = {k: v for k, v in c.hparams.items() if k != "lr"}
         for lr in learning_rates(c.hparams, lrs, default_lr(surface, c.label, c.cls)):
             check_lr(lr, f"{c.label}: lr")
-            members.append(SurfaceMember(c.label, c.cls, rest, lr, start))
+            members += [SurfaceMember(c.label, c.cls, rest, lr, start, seed) for seed in seeds]
     return members
 
 
@@ -95,32 +96,59 @@ def run_surface(
     tune: bool = False,
     schedule: Schedule = CONSTANT,
     tol: float = GAP_TOL,
+    noise: float = 0.0,
+    seeds: Sequence[int] = (0,),
 ) -> SurfaceResult:
-    """Run every member (`surface_members`) on `surface` as one population; with `tune`, each
-    optimizer at the lr of TUNE_GRID with the lowest final loss instead (`tune_lr`)."""
+    """Run every member (`surface_members`) on `surface` as one population, with gradient noise
+    of std `noise` drawn per seed; with `tune`, each optimizer at the lr of TUNE_GRID with the
+    lowest final loss on the first seed instead (`tune_lr`), then over every seed."""
     check_lrs(lrs, tune)
     steps = steps or surface.steps
-    members = surface_members(surface, contenders, lrs, start)
+    members = surface_members(surface, contenders, lrs, start, seeds)
     tunings = []
     if tune:
-        # Without --lr there is one member per optimizer: it runs at its best grid lr instead,
-        # and the whole grid goes to tuning.csv.
-        rows, tuned = [], []
+        # Without --lr there is one lr per optimizer: it runs at its best grid lr instead, and
+        # the whole grid goes to tuning.csv.
+        chosen: dict[str, float] = {}
         for m in members:
-            best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps, schedule=schedule)
-            tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best))
-            tuned.append(SurfaceMember(m.optimizer, m.cls, m.hparams, float(TUNE_GRID[best]), m.start))
-            rows.append(grid_batch.row(best))
-        members, batch = tuned, TrajectoryBatch.concat(rows)
-    else:
-        batch = run_members(surface, members, steps, schedule)
-    trajectories = [_trajectory_frame(surface, m.optimizer, m.lr, batch.row(k)) for k, m in enumerate(members)]
+            if m.optimizer not in chosen:
+                best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps, schedule=schedule, noise=noise,
+                                           seed=m.seed)
+                tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best))
+                chosen[m.optimizer] = float(TUNE_GRID[best])
+        members = [replace(m, lr=chosen[m.optimizer]) for m in members]
+    batch = run_members(surface, members, steps, schedule, noise)
+    trajectories = [_trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)]
     return SurfaceResult(
         surface,
         pd.concat(trajectories, ignore_index=True),
         sort_summary(_summary_frame(surface, members, batch, schedule, tol)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
     )
+
+
+AGGREGATE_COLUMNS = ["surface", "optimizer", "lr", "seeds", "final_loss_median", "final_loss_min", "final_loss_max",
+                     "gap_median", "reached", "steps_to_tol_median", "diverged"]
+
+
+def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, lr) over its seeds: the median and range of the final loss, the
+    median gap, how many seeds reached the tolerance and their median steps to it, best first."""
+    rows = []
+    for (optimizer, lr), group in summary.groupby(["optimizer", "lr"], sort=False):
+        final = group["final_loss"].where(~group["diverged"].astype(bool))
+        reached = pd.to_numeric(group["steps_to_tol"], errors="coerce")
+        rows.append({
+            "surface": group["surface"].iloc[0], "optimizer": optimizer, "lr": lr, "seeds": len(group),
+            "final_loss_median": final.median(), "final_loss_min": final.min(), "final_loss_max": final.max(),
+            "gap_median": group["gap"].where(~group["diverged"].astype(bool)).median(),
+            "reached": int(reached.notna().sum()), "steps_to_tol_median": reached.median(),
+            "diverged": int(group["diverged"].astype(bool).sum()),
+        })
+    frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
+    order = frame.sort_values(["reached", "final_loss_median"], ascending=[False, True], kind="stable",
+                              na_position="last").index
+    return frame.loc[order].reset_index(drop=True)
 
 
 def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -132,13 +160,14 @@ def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.loc[order].reset_index(drop=True)
 
 
-def _trajectory_frame(surface: Surface, label: str, lr: float, batch) -> pd.DataFrame:
+def _trajectory_frame(surface: Surface, member: SurfaceMember, batch) -> pd.DataFrame:
     n = int(batch.stop[0])
     return pd.DataFrame(
         {
             "surface": surface.name,
-            "optimizer": label,
-            "lr": lr,
+            "optimizer": member.optimizer,
+            "lr": member.lr,
+            "seed": member.seed,
             "step": np.arange(n),
             "x": batch.positions[:n, 0, 0],
             "y": batch.positions[:n, 0, 1],
@@ -160,6 +189,7 @@ def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedu
             "optimizer": [m.optimizer for m in members],
             "lr": [m.lr for m in members],
             "schedule": schedule.label(),
+            "seed": [m.seed for m in members],
             "steps": batch.final_index,
             "final_x": final[:, 0],
             "final_y": final[:, 1],
@@ -193,6 +223,8 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
         results.write_csv(result.trajectories, folder / "trajectories.csv"),
         results.write_csv(result.summary, folder / "summary.csv"),
     ]
+    if result.summary["seed"].nunique() > 1:
+        written.append(results.write_csv(aggregate(result.summary), folder / "aggregate.csv"))
     if result.tuning is not None:
         written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
     if plot or animate:
@@ -208,12 +240,16 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
 
 def _one_path_per_label(result: SurfaceResult) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frames to draw: the plots draw one path per optimizer label, so where an optimizer
-    ran at several lrs each (optimizer, lr) gets a label of its own ('adam lr=0.01')."""
-    if not (result.summary.groupby("optimizer")["lr"].nunique() > 1).any():
-        return result.trajectories, result.summary
+    ran at several lrs each (optimizer, lr) gets a label of its own ('adam lr=0.01'). With several
+    seeds, the first seed's paths (one picture of many paths per optimizer would show nothing)."""
+    first = result.summary["seed"].min()
+    trajectories = result.trajectories[result.trajectories["seed"] == first]
+    summary = result.summary[result.summary["seed"] == first]
+    if not (summary.groupby("optimizer")["lr"].nunique() > 1).any():
+        return trajectories, summary
 
     def labelled(frame: pd.DataFrame) -> pd.DataFrame:
         labels = [series_label(o, lr, "cpu", several_lrs=True, several_devices=False) for o, lr in zip(frame["optimizer"], frame["lr"])]
         return frame.assign(optimizer=labels)
 
-    return labelled(result.trajectories), labelled(result.summary)
+    return labelled(trajectories), labelled(summary)

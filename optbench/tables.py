@@ -40,6 +40,22 @@ def surface_summary(summary: pd.DataFrame, title: str, tol: float = 1e-3) -> Tab
     return table
 
 
+def surface_aggregate(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
+    """One row per (optimizer, lr) over its seeds, best first: the final loss's median and range,
+    how many seeds got within `tol` and their median steps."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    for name in ("lr", "final loss (median)", "range", f"reached {tol:g}", "median steps", "diverged"):
+        table.add_column(name, justify="right")
+    for rank, row in enumerate(frame.itertuples(), start=1):
+        table.add_row(str(rank), escape(row.optimizer), _number(row.lr, 3), _number(row.final_loss_median),
+                      f"{_number(row.final_loss_min, 3)}–{_number(row.final_loss_max, 3)}", f"{row.reached}/{row.seeds}",
+                      _number(row.steps_to_tol_median), str(row.diverged) if row.diverged else "",
+                      style="red" if row.diverged == row.seeds else None)
+    return table
+
+
 def optimizers_table() -> Table:
     table = Table(title="Optimizers: each follows the update rule and defaults of its reference", title_justify="left",
                   header_style="bold")

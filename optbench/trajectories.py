@@ -79,14 +79,33 @@ class SurfaceMember:
     hparams: dict
     lr: float
     start: tuple[float, float]
+    seed: int = 0  # of the gradient noise (`--noise`): members of one seed see the same draws
 
     def build(self):
         return instantiate(self.cls, **{**self.hparams, "lr": self.lr})
 
 
+class GradientNoise:
+    """Gaussian noise of standard deviation `sigma` on each gradient (the DeepOBS 2-D problems),
+    one stream per seed, `SeedSequence([seed, 2])`: the rows of one seed get the same draws, so
+    optimizers compared at a seed see the same noise, and a row alone gets what it got in a cloud."""
+
+    def __init__(self, sigma: float, seeds):
+        self.sigma = float(sigma)
+        self.seeds = list(seeds)
+        self.generators = {s: np.random.default_rng(np.random.SeedSequence([s, 2])) for s in dict.fromkeys(self.seeds)}
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        if self.sigma == 0:
+            return g
+        draws = {s: rng.standard_normal(g.shape[-1]) for s, rng in self.generators.items()}
+        return g + self.sigma * np.stack([draws[s] for s in self.seeds])
+
+
 def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
-              schedule: Schedule = CONSTANT) -> tuple[np.ndarray, np.ndarray]:
+              schedule: Schedule = CONSTANT, noise: GradientNoise | None = None) -> tuple[np.ndarray, np.ndarray]:
     n = starts.shape[0]
+    noisy = noise or GradientNoise(0.0, [0] * n)
     lrs = ScheduledLRs([optimizer], schedule, steps)
     positions = np.full((steps + 1, n, 2), np.nan)
     losses = np.full((steps + 1, n), np.nan)
@@ -101,7 +120,7 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
         with np.errstate(all="ignore"):
             for t in range(1, steps + 1):
                 lrs.at(t)
-                optimizer.update(p, surface.gradient(p), state)
+                optimizer.update(p, noisy(surface.gradient(p)), state)
                 positions[t] = answer(p, state)
                 losses[t] = surface.value(positions[t])
                 if not np.isfinite(losses[t]).any():
@@ -111,14 +130,18 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
     return positions, losses
 
 
-def run(surface: Surface, optimizer, starts, steps: int, schedule: Schedule = CONSTANT) -> TrajectoryBatch:
+def run(surface: Surface, optimizer, starts, steps: int, schedule: Schedule = CONSTANT, noise: float = 0.0,
+        seeds=None) -> TrajectoryBatch:
     """Run `optimizer` from each row of `starts` (N, 2) for `steps` steps, in float64, its lr
-    (the peak) scaled by `schedule` step by step."""
+    (the peak) scaled by `schedule` step by step, with gradient noise of std `noise` drawn for
+    each row from its seed (`seeds`, default 0 for every row)."""
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
+    seeds = [0] * starts.shape[0] if seeds is None else list(seeds)
     if type(optimizer) in OPTIMIZERS.values():
-        positions, losses = _run_rows(surface, optimizer, starts, steps, schedule)
+        positions, losses = _run_rows(surface, optimizer, starts, steps, schedule, GradientNoise(noise, seeds))
     else:
-        rows = [_run_rows(surface, optimizer, starts[i : i + 1], steps, schedule) for i in range(starts.shape[0])]
+        rows = [_run_rows(surface, optimizer, starts[i : i + 1], steps, schedule, GradientNoise(noise, seeds[i : i + 1]))
+                for i in range(starts.shape[0])]
         positions = np.concatenate([r[0] for r in rows], axis=1)
         losses = np.concatenate([r[1] for r in rows], axis=1)
     finite = np.isfinite(losses) & np.isfinite(positions).all(axis=-1)
@@ -135,7 +158,7 @@ def _same_optimizer(a: SurfaceMember, b: SurfaceMember) -> bool:
 
 
 def run_members(surface: Surface, members: list[SurfaceMember], steps: int,
-                schedule: Schedule = CONSTANT) -> TrajectoryBatch:
+                schedule: Schedule = CONSTANT, noise: float = 0.0) -> TrajectoryBatch:
     """Every member for `steps` steps; row k of the batch is member k.
 
     The members of one built-in optimizer (same label, class and hyperparameters) run as one
@@ -153,11 +176,14 @@ def run_members(surface: Surface, members: list[SurfaceMember], steps: int,
     for rows in groups:
         group = [members[k] for k in rows]
         starts = np.array([m.start for m in group], dtype=np.float64)
+        seeds = [m.seed for m in group]
         if group[0].cls in OPTIMIZERS.values():
             lrs = np.array([m.lr for m in group], dtype=np.float64)[:, None]
-            batches.append(run(surface, instantiate(group[0].cls, lr=lrs, **group[0].hparams), starts, steps, schedule))
+            batches.append(run(surface, instantiate(group[0].cls, lr=lrs, **group[0].hparams), starts, steps, schedule,
+                               noise, seeds))
         else:
-            batches += [run(surface, m.build(), starts[i : i + 1], steps, schedule) for i, m in enumerate(group)]
+            batches += [run(surface, m.build(), starts[i : i + 1], steps, schedule, noise, [m.seed])
+                        for i, m in enumerate(group)]
         order += rows
     batch = TrajectoryBatch.concat(batches)
     back = np.argsort(order)  # from group order back to member order
@@ -182,7 +208,7 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
 
 
 def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID,
-            schedule: Schedule = CONSTANT):
+            schedule: Schedule = CONSTANT, noise: float = 0.0, seed: int = 0):
     """Run every lr of `grid`; return (index of the best lr, batch with one row per lr).
 
     The grid is a population of one member per lr (`run_members`): one vectorised batch for a
@@ -193,8 +219,8 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     grid = np.asarray(grid, dtype=np.float64)
     start = tuple(np.asarray(start, dtype=np.float64))
     hparams = {k: v for k, v in hparams.items() if k != "lr"}
-    members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), start) for lr in grid]
-    batch = run_members(surface, members, steps, schedule)
+    members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), start, seed) for lr in grid]
+    batch = run_members(surface, members, steps, schedule, noise)
     final = np.where(batch.diverged, np.inf, batch.final_losses)
     reached = steps_to_tol(surface, batch)
     reached = np.where(reached < 0, steps + 1, reached)
