@@ -296,3 +296,40 @@ def save_profile(curves: pd.DataFrame, scores: pd.Series, path: Path, cost: str 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel: str, log_y: bool = False,
+                        scale: float = 1.0) -> Path:
+    """Learning-rate sensitivity from a tuning grid: `metric` against lr, one curve per optimizer
+    (the median over seeds with a band where there are several), its chosen lr starred, diverged
+    lrs left out."""
+    frame = tuning[~tuning["diverged"].astype(bool)] if "diverged" in tuning.columns else tuning
+    frame = frame.assign(**{metric: pd.to_numeric(frame[metric], errors="coerce") * scale})
+    bands = spread.band(frame, "lr", metric, ["optimizer"])
+    fig, ax = plt.subplots(figsize=(9, 5))
+    optimizers = list(dict.fromkeys(tuning["optimizer"]))
+    colors_by = optimizer_colors(optimizers)
+    for optimizer in optimizers:
+        b = bands[bands["optimizer"] == optimizer]
+        if not len(b):
+            continue
+        color = colors_by[optimizer]
+        ax.plot(b["lr"], b["median"], marker="o", markersize=3, color=color, linewidth=1.4, label=optimizer)
+        if (b["n"] > 1).any():
+            ax.fill_between(b["lr"], b["lo"], b["hi"], color=color, alpha=0.15, linewidth=0)
+        chosen = tuning[(tuning["optimizer"] == optimizer) & tuning["chosen"].astype(bool)]
+        for lr in chosen["lr"].unique():
+            at = b[b["lr"] == lr]["median"]
+            if len(at):
+                ax.plot([lr], [at.iloc[0]], marker="*", markersize=13, color=color, markeredgecolor="black",
+                        linestyle="none", zorder=5)
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Learning-rate sensitivity (★ chosen; diverged lrs left out)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)

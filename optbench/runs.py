@@ -41,6 +41,11 @@ def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]
         written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
     if plot and len(result.summary):
         written += draw_run_plots(folder, result.curves, result.epochs, result.summary)
+    if plot and result.tuning is not None and len(result.tuning):
+        from optbench import plots
+
+        written.append(plots.save_lr_sensitivity(result.tuning, "final_val_acc", folder / "lr_sensitivity.png",
+                                                 ylabel="final validation accuracy (%)", scale=100))
     written.append(results.write_json(result.manifest, folder / "manifest.json"))
     return written
 

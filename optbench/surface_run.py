@@ -235,6 +235,12 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
             written.append(plots.save_trajectories(result.surface, trajectories, summary, folder / "trajectories.png"))
         if animate:
             written.append(plots.save_animation(result.surface, trajectories, summary, folder / "trajectories.gif"))
+        if plot and result.tuning is not None:
+            bounded = result.surface.bounded
+            tuning = result.tuning.assign(gap=result.tuning["final_loss"] - result.surface.min_value) if bounded else result.tuning
+            written.append(plots.save_lr_sensitivity(
+                tuning, "gap" if bounded else "final_loss", folder / "lr_sensitivity.png", log_y=bounded,
+                ylabel="final gap (loss - minimum)" if bounded else "final loss"))
     return written
 
 

@@ -79,3 +79,20 @@ def test_surface_tol_sets_steps_to_tol(tmp_path):
     assert counts["1e-8"] > counts["1e-3"]
     bad = runner.invoke(app, ["surface", "--opt", "adam", "--tol", "0", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--tol" in bad.output
+
+
+def test_tuning_draws_the_lr_sensitivity(tmp_path):
+    import matplotlib.image
+
+    result = runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", "bowl", "--tune",
+                                 "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "surface" / "bowl" / "lr_sensitivity.png"
+    assert matplotlib.image.imread(picture).shape[0] > 300
+    from optbench.plots import save_lr_sensitivity
+
+    # Several seeds per lr: a median with a band; a diverged lr is left out.
+    tuning = pd.DataFrame({"optimizer": "adam", "lr": [1e-3, 1e-3, 1e-2, 1e-2, 1e-1], "seed": [0, 1, 0, 1, 0],
+                           "final_val_acc": [0.9, 0.92, 0.95, 0.96, np.nan], "diverged": [False] * 4 + [True],
+                           "chosen": [False, False, True, True, False]})
+    assert save_lr_sensitivity(tuning, "final_val_acc", tmp_path / "s.png", ylabel="acc", scale=100).stat().st_size > 5000
