@@ -37,6 +37,9 @@ figures: install
 	$(BIN)/optbench surface --opt all $(addprefix --fn ,$(README_SURFACES)) --out results --quiet
 	mkdir -p docs/img
 	for s in $(README_SURFACES); do cp results/surface/$$s/trajectories.png docs/img/$$s.png; done
+	$(BIN)/optbench surface --opt sgd --opt momentum --opt adam --opt lion --opt sf_adamw --fn double_well \
+		--starts grid:9 --no-trajectories --out results/robustness --quiet
+	cp results/robustness/surface/double_well/robustness.png docs/img/robustness_double_well.png
 	$(BIN)/optbench mnist --compare all --name readme --out results --quiet
 	cp results/mnist/readme/loss.png docs/img/mnist_loss.png
 	cp results/mnist/readme/accuracy.png docs/img/mnist_accuracy.png

@@ -108,9 +108,15 @@ def surface_command(
     start: Annotated[
         Optional[tuple[float, float]], typer.Option("--start", help="Start point X Y (default: per surface).")
     ] = None,
+    starts: Annotated[
+        Optional[str], typer.Option("--starts", help="grid:N runs an N x N grid of start points over the domain and draws robustness maps.")
+    ] = None,
     tune: Annotated[bool, typer.Option("--tune", help="Pick each optimizer's lr from a log grid (1e-5..1e2) by final loss.")] = False,
     out: OutOption = Path("results"),
-    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw trajectories.png.")] = True,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw trajectories.png (robustness.png from --starts).")] = True,
+    keep_trajectories: Annotated[
+        bool, typer.Option("--trajectories/--no-trajectories", help="Write trajectories.csv (every step of every member).")
+    ] = True,
     animate: Annotated[bool, typer.Option("--animate", help="Also write trajectories.gif.")] = False,
     schedule: ScheduleOption = "constant",
     warmup: WarmupOption = 0.0,
@@ -129,6 +135,11 @@ def surface_command(
     if not (math.isfinite(noise) and noise >= 0):
         raise OptbenchError(f"invalid --noise {noise} (must be a finite number >= 0)")
     surface_run.check_lrs(lrs, tune)
+    grid = surface_run.parse_starts(starts) if starts is not None else None
+    if grid and start is not None:
+        raise OptbenchError("give --start or --starts, not both")
+    if grid and animate:
+        raise OptbenchError("--animate draws one path per optimizer: not with --starts")
     lr_schedule = Schedule(schedule, warmup, min_lr_ratio, decay_fraction)
     lr_schedule.check(steps)
     contenders = select_contenders(opt or [], hp or [], points=True)
@@ -148,8 +159,10 @@ def surface_command(
                 progress.update(task, description=f"surface {surface.name}")
                 result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
                                                  schedule=lr_schedule, tol=tol, noise=noise,
-                                                 seeds=range(seed, seed + seeds))
-                files = surface_run.write_surface_result(result, out, plot=plot, animate=animate)
+                                                 seeds=range(seed, seed + seeds),
+                                                 starts=surface_run.grid_starts(surface, grid) if grid else None)
+                files = surface_run.write_surface_result(result, out, plot=plot, animate=animate,
+                                                         trajectories=keep_trajectories)
                 written.append((result, files))
                 progress.advance(task)
     except KeyboardInterrupt:
@@ -158,16 +171,20 @@ def surface_command(
     if quiet:
         return
     for result, files in written:
-        first = result.trajectories.iloc[0]
+        first = result.summary.iloc[0]
         steps_run = int(result.trajectories["step"].max())
-        title = f"{result.surface.name}: {steps_run} steps from ({first['x']:g}, {first['y']:g})"
+        where = f"{grid} x {grid} starts" if grid else f"({first['start_x']:g}, {first['start_y']:g})"
+        title = f"{result.surface.name}: {steps_run} steps from {where}"
         if tune:
             title += " — lr tuned"
         if not lr_schedule.is_constant:
             title += f" — lr schedule: {lr_schedule.label()}"
         if noise:
             title += f" — gradient noise {noise:g}"
-        if seeds > 1:
+        if grid:
+            seeds_text = f", median over {seeds} seeds per start" if seeds > 1 else ""
+            console.print(tables.surface_robustness(surface_run.robustness(result.summary), title + seeds_text, tol))
+        elif seeds > 1:
             console.print(tables.surface_aggregate(surface_run.aggregate(result.summary), f"{title}, {seeds} seeds", tol))
         else:
             console.print(tables.surface_summary(result.summary, title, tol))

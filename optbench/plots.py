@@ -176,6 +176,63 @@ def _series(frame: pd.DataFrame):
     return frame.groupby(SERIES, sort=False, dropna=False)
 
 
+ROBUSTNESS_COLUMNS_PER_ROW = 5
+
+
+def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
+    """Robustness maps: per optimizer, its grid of start points coloured by the steps it took to
+    reach the tolerance from there (`surface_run.start_cells`), grey where it never did, red
+    where it diverged; the surface's contours and minima drawn over them."""
+    optimizers = list(dict.fromkeys(cells["optimizer"]))
+    xs = np.sort(cells["start_x"].unique())
+    ys = np.sort(cells["start_y"].unique())
+    (xmin, xmax), (ymin, ymax) = surface.domain
+    reached = cells["steps"].dropna()
+    vmax = max(float(reached.max()) if len(reached) else 1.0, 2.0)
+    norm = colors.LogNorm(vmin=1.0, vmax=vmax)
+    cmap = plt.get_cmap("viridis").with_extremes(under=plt.get_cmap("viridis")(0.0))
+    ncols = min(ROBUSTNESS_COLUMNS_PER_ROW, len(optimizers))
+    nrows = -(-len(optimizers) // ncols)
+    aspect = (ymax - ymin) / (xmax - xmin)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols + 1.2, max(2.4, 3.1 * aspect) * nrows + 0.8),
+                             squeeze=False, layout="constrained", sharex=True, sharey=True)
+    X, Y = np.meshgrid(np.linspace(xmin, xmax, 160), np.linspace(ymin, ymax, 160))
+    Z = surface.value(np.stack([X, Y], axis=-1))
+    levels = np.quantile(Z, np.linspace(0.02, 0.98, 12))
+    image = None
+    for ax, optimizer in zip(axes.flat, optimizers):
+        mine = cells[cells["optimizer"] == optimizer]
+        steps = np.full((ys.size, xs.size), np.nan)
+        failed = np.zeros((ys.size, xs.size, 4))  # RGBA: grey never reached, red diverged
+        for row in mine.itertuples():
+            i, j = np.searchsorted(ys, row.start_y), np.searchsorted(xs, row.start_x)
+            if np.isfinite(row.steps):
+                steps[i, j] = max(row.steps, 1.0)  # a start already within tolerance: 0 steps
+            else:
+                failed[i, j] = (0.85, 0.2, 0.2, 1.0) if row.diverged else (0.72, 0.72, 0.72, 1.0)
+        extent = (xmin, xmax, ymin, ymax)
+        ax.imshow(failed, origin="lower", extent=extent, aspect="auto", interpolation="nearest")
+        image = ax.imshow(np.ma.masked_invalid(steps), origin="lower", extent=extent, aspect="auto",
+                          interpolation="nearest", cmap=cmap, norm=norm)
+        ax.contour(X, Y, Z, levels=np.unique(levels), colors="white", linewidths=0.4, alpha=0.7)
+        if surface.minima:
+            m = np.asarray(surface.minima)
+            ax.plot(m[:, 0], m[:, 1], linestyle="none", marker="*", markersize=10, color="gold", markeredgecolor="black")
+        n_reached = int(np.isfinite(steps).sum())
+        lr = mine["lr"].iloc[0]
+        ax.set_title(f"{optimizer} (lr {lr:.3g}): {n_reached}/{len(mine)}", fontsize=8)
+        ax.set_xlim(xmin, xmax)
+        ax.set_ylim(ymin, ymax)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(optimizers):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="steps to tolerance (log)")
+    fig.suptitle(f"{surface.name}: steps to tolerance from each of {xs.size} x {ys.size} starts "
+                 "(grey never reached, red diverged, ★ global minimum)", fontsize=10)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)

@@ -58,8 +58,9 @@ def integrated_scores(ratios: pd.DataFrame, r_max: float = R_MAX) -> pd.Series:
 def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
     """Costs per problem and optimizer from run folders, each optimizer at its best lr there.
 
-    A surface folder (`results/surface/<name>`) is one problem: steps to a gap below the
-    tolerance (`steps_to_tol`; no seconds there). A MNIST run folder is one problem per data set:
+    A surface folder (`results/surface/<name>`) is one problem per start point (one, or each of
+    a `--starts grid:N`): the median over seeds of the steps to a gap below the tolerance
+    (`steps_to_tol`; no seconds there). A MNIST run folder is one problem per data set:
     the median over seeds of the steps (or seconds) to the target accuracy. inf: it ran and never
     reached the target; NaN: it did not run on that problem.
     """
@@ -74,9 +75,9 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
         if "surface" in summary.columns:
             if cost == "seconds":
                 raise OptbenchError(f"{folder}: surface runs record steps, not seconds (use --cost steps)")
-            problem = f"{summary['surface'].iloc[0]} ({folder.name})" if len(summary) else folder.name
-            per = summary.assign(_cost=pd.to_numeric(summary["steps_to_tol"], errors="coerce"))
-            best = per.groupby("optimizer")["_cost"].min()
+            for problem, best in _surface_problems(folder, summary):
+                _add(columns, problem, best)
+            continue
         elif "steps_to_target" in summary.columns:
             dataset = _dataset(folder)
             column = "steps_to_target" if cost == "steps" else "seconds_to_target"
@@ -85,12 +86,35 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
             problem = f"{dataset} ({folder.name})"
         else:
             raise OptbenchError(f"{path}: no steps_to_tol or steps_to_target column (a run older than profiles)")
-        if problem in columns:
-            raise OptbenchError(f"two folders are the same problem {problem!r}")
-        columns[problem] = best.fillna(np.inf).to_dict()  # ran and never reached it: inf
+        _add(columns, problem, best)
     table = pd.DataFrame(columns).T  # NaN: not run on that problem
     table.index.name = "problem"
     return table
+
+
+def _add(columns: dict, problem: str, best: pd.Series) -> None:
+    if problem in columns:
+        raise OptbenchError(f"two folders are the same problem {problem!r}")
+    columns[problem] = best.fillna(np.inf).to_dict()  # ran and never reached it: inf
+
+
+def _surface_problems(folder: Path, summary: pd.DataFrame):
+    """A surface folder's problems: one per start point (one, or a grid from --starts), each
+    optimizer's cost the median over seeds of its steps to the tolerance (`start_cells`) at its
+    best lr."""
+    from optbench.surface_run import start_cells
+
+    if not len(summary):
+        return
+    if "start_x" not in summary.columns:
+        summary = summary.assign(start_x=np.nan, start_y=np.nan)  # a run older than grids: one start
+    name = summary["surface"].iloc[0]
+    cells = start_cells(summary.fillna({"start_x": 0.0, "start_y": 0.0}))
+    points = cells[["start_x", "start_y"]].drop_duplicates()
+    for x, y in points.itertuples(index=False):
+        here = cells[(cells["start_x"] == x) & (cells["start_y"] == y)]
+        problem = f"{name} ({folder.name})" if len(points) == 1 else f"{name} from ({x:.4g}, {y:.4g})"
+        yield problem, here.groupby("optimizer", sort=False)["steps"].min()
 
 
 def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

@@ -27,9 +27,9 @@ from optbench.surfaces import SURFACES, Surface, get_surface
 from optbench.schedules import CONSTANT, Schedule
 from optbench.trajectories import GAP_TOL, TUNE_GRID, SurfaceMember, TrajectoryBatch, distance_to_minimum, run_members, steps_to_tol, tune_lr
 
-TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "seed", "step", "x", "y", "loss"]
+TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "seed", "start_x", "start_y", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
-    "surface", "optimizer", "lr", "schedule", "seed", "steps", "final_x", "final_y", "final_loss", "gap",
+    "surface", "optimizer", "lr", "schedule", "seed", "start_x", "start_y", "steps", "final_x", "final_y", "final_loss", "gap",
     "dist_to_min", "steps_to_tol", "diverged",
 ]
 
@@ -58,23 +58,47 @@ def check_lrs(lrs: Sequence[float], tune: bool = False) -> None:
         raise OptbenchError("--tune chooses the lr itself: give --tune or --lr, not both")
 
 
+MAX_GRID = 100  # --starts grid:N: up to 100 x 100 start points
+
+
+def parse_starts(text: str) -> int:
+    """--starts grid:N -> N, the side of the grid of start points."""
+    kind, _, n = text.partition(":")
+    if kind != "grid" or not n.isdigit() or not 2 <= int(n) <= MAX_GRID:
+        raise OptbenchError(f"invalid --starts {text!r} (grid:N, N from 2 to {MAX_GRID}: an N x N grid of start points)")
+    return int(n)
+
+
+def grid_starts(surface: Surface, n: int) -> list[tuple[float, float]]:
+    """The centres of an n x n grid of cells over the surface's plotting domain, row by row from
+    the bottom left: cell centres stay off the domain's edges, where some surfaces are steepest."""
+    (xmin, xmax), (ymin, ymax) = surface.domain
+    xs = xmin + (np.arange(n) + 0.5) * (xmax - xmin) / n
+    ys = ymin + (np.arange(n) + 0.5) * (ymax - ymin) / n
+    return [(float(x), float(y)) for y in ys for x in xs]
+
+
 def surface_members(
     surface: Surface, contenders: list[Contender], lrs: Sequence[float] = (), start: tuple[float, float] | None = None,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0,), starts: Sequence[tuple[float, float]] | None = None,
 ) -> list[SurfaceMember]:
     """Every optimizer at each of its lrs (`learning_rates`: --hp lr, then every --lr, then the
-    surface's table) and each seed, from `start` (default: the surface's), optimizer by optimizer."""
-    start = tuple(start) if start is not None else surface.start
-    with np.errstate(all="ignore"):
-        start_loss = surface.value(np.asarray(start, dtype=np.float64))
-    if not (np.all(np.isfinite(start)) and np.isfinite(start_loss)):
-        raise OptbenchError(f"--start {start[0]:g} {start[1]:g}: {surface.name} is not finite there (loss {start_loss:g})")
+    surface's table), from each start point (`starts`, else `start`, default the surface's) and
+    each seed, optimizer by optimizer."""
+    if starts is not None and start is not None:
+        raise OptbenchError("give --start or --starts, not both")
+    points = [tuple(p) for p in starts] if starts is not None else [tuple(start) if start is not None else surface.start]
+    for point in points:
+        with np.errstate(all="ignore"):
+            start_loss = surface.value(np.asarray(point, dtype=np.float64))
+        if not (np.all(np.isfinite(point)) and np.isfinite(start_loss)):
+            raise OptbenchError(f"--start {point[0]:g} {point[1]:g}: {surface.name} is not finite there (loss {start_loss:g})")
     members = []
     for c in contenders:
         rest = {k: v for k, v in c.hparams.items() if k != "lr"}
         for lr in learning_rates(c.hparams, lrs, default_lr(surface, c.label, c.cls)):
             check_lr(lr, f"{c.label}: lr")
-            members += [SurfaceMember(c.label, c.cls, rest, lr, start, seed) for seed in seeds]
+            members += [SurfaceMember(c.label, c.cls, rest, lr, point, seed) for point in points for seed in seeds]
     return members
 
 
@@ -98,13 +122,16 @@ def run_surface(
     tol: float = GAP_TOL,
     noise: float = 0.0,
     seeds: Sequence[int] = (0,),
+    starts: Sequence[tuple[float, float]] | None = None,
 ) -> SurfaceResult:
     """Run every member (`surface_members`) on `surface` as one population, with gradient noise
     of std `noise` drawn per seed; with `tune`, each optimizer at the lr of TUNE_GRID with the
-    lowest final loss on the first seed instead (`tune_lr`), then over every seed."""
+    lowest final loss on the first seed instead (`tune_lr`; from a grid of `starts`, the lowest
+    median over them), then over every seed."""
     check_lrs(lrs, tune)
     steps = steps or surface.steps
-    members = surface_members(surface, contenders, lrs, start, seeds)
+    members = surface_members(surface, contenders, lrs, start, seeds, starts)
+    points = list(dict.fromkeys(m.start for m in members))
     tunings = []
     if tune:
         # Without --lr there is one lr per optimizer: it runs at its best grid lr instead, and
@@ -112,9 +139,9 @@ def run_surface(
         chosen: dict[str, float] = {}
         for m in members:
             if m.optimizer not in chosen:
-                best, grid_batch = tune_lr(surface, m.cls, m.hparams, m.start, steps, schedule=schedule, noise=noise,
+                best, grid_batch = tune_lr(surface, m.cls, m.hparams, points, steps, schedule=schedule, noise=noise,
                                            seed=m.seed)
-                tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best))
+                tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best, points))
                 chosen[m.optimizer] = float(TUNE_GRID[best])
         members = [replace(m, lr=chosen[m.optimizer]) for m in members]
     batch = run_members(surface, members, steps, schedule, noise)
@@ -135,6 +162,8 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (optimizer, lr) over its seeds: the median and range of the final loss, the
     median gap, how many seeds reached the tolerance and their median steps to it, best first."""
     rows = []
+    if summary[["start_x", "start_y"]].drop_duplicates().shape[0] > 1:
+        raise OptbenchError("aggregate is over seeds from one start; a grid of starts has `robustness`")
     for (optimizer, lr), group in summary.groupby(["optimizer", "lr"], sort=False):
         final = group["final_loss"].where(~group["diverged"].astype(bool))
         reached = pd.to_numeric(group["steps_to_tol"], errors="coerce")
@@ -147,6 +176,42 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         })
     frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
     order = frame.sort_values(["reached", "final_loss_median"], ascending=[False, True], kind="stable",
+                              na_position="last").index
+    return frame.loc[order].reset_index(drop=True)
+
+
+ROBUSTNESS_COLUMNS = ["surface", "optimizer", "lr", "starts", "reached", "success_rate", "steps_to_tol_median",
+                      "steps_to_tol_max", "diverged"]
+
+
+def start_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, lr, start): `steps` to the tolerance, the median over seeds with an
+    unreached seed counting as never (NaN when more than half never reached it), and how many
+    seeds diverged."""
+    frame = summary.assign(_steps=pd.to_numeric(summary["steps_to_tol"], errors="coerce").astype(float).fillna(np.inf),
+                           _diverged=summary["diverged"].astype(bool))
+    cells = frame.groupby(["optimizer", "lr", "start_x", "start_y"], sort=False).agg(
+        steps=("_steps", "median"), diverged=("_diverged", "sum")).reset_index()
+    cells["steps"] = cells["steps"].replace(np.inf, np.nan)
+    return cells
+
+
+def robustness(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, lr) over the start points: how many reached the tolerance
+    (`start_cells`), the success rate, the median and worst steps of those that did and how many
+    starts diverged, most successful first."""
+    cells = start_cells(summary)
+    rows = []
+    for (optimizer, lr), group in cells.groupby(["optimizer", "lr"], sort=False):
+        reached = group["steps"].dropna()
+        rows.append({
+            "surface": summary["surface"].iloc[0], "optimizer": optimizer, "lr": lr, "starts": len(group),
+            "reached": len(reached), "success_rate": len(reached) / len(group),
+            "steps_to_tol_median": reached.median(), "steps_to_tol_max": reached.max(),
+            "diverged": int((group["diverged"] > 0).sum()),
+        })
+    frame = pd.DataFrame(rows, columns=ROBUSTNESS_COLUMNS)
+    order = frame.sort_values(["reached", "steps_to_tol_median"], ascending=[False, True], kind="stable",
                               na_position="last").index
     return frame.loc[order].reset_index(drop=True)
 
@@ -168,6 +233,8 @@ def _trajectory_frame(surface: Surface, member: SurfaceMember, batch) -> pd.Data
             "optimizer": member.optimizer,
             "lr": member.lr,
             "seed": member.seed,
+            "start_x": member.start[0],
+            "start_y": member.start[1],
             "step": np.arange(n),
             "x": batch.positions[:n, 0, 0],
             "y": batch.positions[:n, 0, 1],
@@ -190,6 +257,8 @@ def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedu
             "lr": [m.lr for m in members],
             "schedule": schedule.label(),
             "seed": [m.seed for m in members],
+            "start_x": [m.start[0] for m in members],
+            "start_y": [m.start[1] for m in members],
             "steps": batch.final_index,
             "final_x": final[:, 0],
             "final_y": final[:, 1],
@@ -203,38 +272,57 @@ def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedu
     )
 
 
-def _tuning_frame(surface: Surface, label: str, batch, best: int) -> pd.DataFrame:
+def _tuning_frame(surface: Surface, label: str, batch, best: int, points: list[tuple[float, float]]) -> pd.DataFrame:
+    """One row per lr of the grid and start point (lr-major, as `tune_lr` ran them)."""
+    starts = np.asarray(points, dtype=np.float64)
     return pd.DataFrame(
         {
             "surface": surface.name,
             "optimizer": label,
-            "lr": TUNE_GRID,
+            "lr": np.repeat(TUNE_GRID, len(points)),
+            "start_x": np.tile(starts[:, 0], TUNE_GRID.size),
+            "start_y": np.tile(starts[:, 1], TUNE_GRID.size),
             "final_loss": batch.final_losses,
             "diverged": batch.diverged,
-            "chosen": np.arange(TUNE_GRID.size) == best,
+            "chosen": np.repeat(np.arange(TUNE_GRID.size) == best, len(points)),
         }
     )
 
 
-def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True, animate: bool = False) -> list[Path]:
-    """Write CSVs (and pictures) under `out/surface/<name>/`; return the paths written."""
+def several_starts(summary: pd.DataFrame) -> bool:
+    return summary[["start_x", "start_y"]].drop_duplicates().shape[0] > 1
+
+
+def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True, animate: bool = False,
+                         trajectories: bool = True) -> list[Path]:
+    """Write CSVs (and pictures) under `out/surface/<name>/`; return the paths written.
+
+    From a grid of starts, robustness.csv and robustness.png (one map per optimizer) take the
+    place of aggregate.csv and the trajectory pictures; `trajectories=False` leaves out
+    trajectories.csv, every step of every member, which a large grid makes large.
+    """
     folder = results.prepare_dir(Path(out) / "surface" / result.surface.name)
-    written = [
-        results.write_csv(result.trajectories, folder / "trajectories.csv"),
-        results.write_csv(result.summary, folder / "summary.csv"),
-    ]
-    if result.summary["seed"].nunique() > 1:
+    grid = several_starts(result.summary)
+    written = [results.write_csv(result.trajectories, folder / "trajectories.csv")] if trajectories else []
+    written.append(results.write_csv(result.summary, folder / "summary.csv"))
+    if grid:
+        written.append(results.write_csv(robustness(result.summary), folder / "robustness.csv"))
+    elif result.summary["seed"].nunique() > 1:
         written.append(results.write_csv(aggregate(result.summary), folder / "aggregate.csv"))
     if result.tuning is not None:
         written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
     if plot or animate:
         from optbench import plots  # matplotlib only when pictures are asked for
 
-        trajectories, summary = _one_path_per_label(result)
-        if plot:
-            written.append(plots.save_trajectories(result.surface, trajectories, summary, folder / "trajectories.png"))
-        if animate:
-            written.append(plots.save_animation(result.surface, trajectories, summary, folder / "trajectories.gif"))
+        if grid and plot:
+            written.append(plots.save_robustness(result.surface, _labelled(start_cells(result.summary)),
+                                                 folder / "robustness.png"))
+        elif not grid:
+            paths, summary = _one_path_per_label(result)
+            if plot:
+                written.append(plots.save_trajectories(result.surface, paths, summary, folder / "trajectories.png"))
+            if animate:
+                written.append(plots.save_animation(result.surface, paths, summary, folder / "trajectories.gif"))
         if plot and result.tuning is not None:
             bounded = result.surface.bounded
             tuning = result.tuning.assign(gap=result.tuning["final_loss"] - result.surface.min_value) if bounded else result.tuning
@@ -244,6 +332,14 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     return written
 
 
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """`optimizer` relabelled 'adam lr=0.01' where an optimizer ran at several lrs."""
+    if not (frame.groupby("optimizer")["lr"].nunique() > 1).any():
+        return frame
+    labels = [series_label(o, lr, "cpu", several_lrs=True, several_devices=False) for o, lr in zip(frame["optimizer"], frame["lr"])]
+    return frame.assign(optimizer=labels)
+
+
 def _one_path_per_label(result: SurfaceResult) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frames to draw: the plots draw one path per optimizer label, so where an optimizer
     ran at several lrs each (optimizer, lr) gets a label of its own ('adam lr=0.01'). With several
@@ -251,11 +347,4 @@ def _one_path_per_label(result: SurfaceResult) -> tuple[pd.DataFrame, pd.DataFra
     first = result.summary["seed"].min()
     trajectories = result.trajectories[result.trajectories["seed"] == first]
     summary = result.summary[result.summary["seed"] == first]
-    if not (summary.groupby("optimizer")["lr"].nunique() > 1).any():
-        return trajectories, summary
-
-    def labelled(frame: pd.DataFrame) -> pd.DataFrame:
-        labels = [series_label(o, lr, "cpu", several_lrs=True, several_devices=False) for o, lr in zip(frame["optimizer"], frame["lr"])]
-        return frame.assign(optimizer=labels)
-
-    return labelled(trajectories), labelled(summary)
+    return _labelled(trajectories), _labelled(summary)

@@ -172,6 +172,16 @@ def _branin_grad(x, y):
     return 2 * inner * (-2 * _BRANIN_B * x + _BRANIN_C) - 10 * (1 - _BRANIN_T) * np.sin(x), 2 * inner
 
 
+def _double_well(x, y):
+    return x**4 - 2.48 * x**2 + 0.96 * x + y**2
+
+
+def _double_well_grad(x, y):
+    # 4 (x + 1.2)(x - 0.2)(x - 1): the minima at x = -1.2 and 1 and the ridge between them at
+    # x = 0.2 are exact, so the basin of each minimum under gradient flow is known in closed form.
+    return 4 * x**3 - 4.96 * x + 0.96, 2 * y
+
+
 def _saddle(x, y):
     return x**2 - y**2
 
@@ -254,6 +264,11 @@ SURFACES: dict[str, Surface] = {
             _branin, _branin_grad, ((-5, 10), (0, 15)), (2.0, 13.0),
             ((-math.pi, 12.275), (math.pi, 2.275), (3 * math.pi, 2.475)), 10 / (8 * math.pi),
             note="three global minima",
+        ),
+        Surface(
+            "double_well", "x^4 - 2.48x^2 + 0.96x + y^2", _double_well, _double_well_grad,
+            ((-2, 2), (-1.5, 1.5)), (1.6, 1.0), ((-1.2, 0.0),), -2.6496,
+            note="tilted double well: global minimum at x = -1.2, local at x = 1, basins split at x = 0.2",
         ),
         Surface(
             "saddle", "x^2 - y^2", _saddle, _saddle_grad, ((-2, 2), (-2, 2)), (-1.8, 0.01),

@@ -56,6 +56,21 @@ def surface_aggregate(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Tab
     return table
 
 
+def surface_robustness(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
+    """One row per (optimizer, lr) over a grid of starts, most successful first: how many starts
+    got within `tol`, the success rate, the median and worst steps of those, how many diverged."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("optimizer", style="bold", no_wrap=True)
+    for name in ("lr", f"reached {tol:g}", "success", "median steps", "worst steps", "diverged"):
+        table.add_column(name, justify="right")
+    for rank, row in enumerate(frame.itertuples(), start=1):
+        table.add_row(str(rank), escape(row.optimizer), _number(row.lr, 3), f"{row.reached}/{row.starts}",
+                      f"{row.success_rate:.0%}", _number(row.steps_to_tol_median), _number(row.steps_to_tol_max),
+                      str(row.diverged) if row.diverged else "", style="red" if row.reached == 0 else None)
+    return table
+
+
 def optimizers_table() -> Table:
     table = Table(title="Optimizers: each follows the update rule and defaults of its reference", title_justify="left",
                   header_style="bold")

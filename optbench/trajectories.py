@@ -209,19 +209,21 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
 
 def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID,
             schedule: Schedule = CONSTANT, noise: float = 0.0, seed: int = 0):
-    """Run every lr of `grid`; return (index of the best lr, batch with one row per lr).
+    """Run every lr of `grid` from `start` (a point, or (N, 2) start points); return (index of
+    the best lr, batch with one row per lr, or per lr and start, lr-major).
 
-    The grid is a population of one member per lr (`run_members`): one vectorised batch for a
-    built-in optimizer, one instance per lr for a user's class. The best lr has the lowest final
-    loss (diverged runs count as +inf); ties go to the run that came within tolerance first,
-    then to the smaller lr.
+    The grid is a population of one member per lr and start (`run_members`): one vectorised
+    batch for a built-in optimizer, one instance per member for a user's class. The best lr has
+    the lowest final loss (diverged runs count as +inf), from several starts the lowest median
+    over them; ties go to the run that came within tolerance first (the median step), then to
+    the smaller lr.
     """
     grid = np.asarray(grid, dtype=np.float64)
-    start = tuple(np.asarray(start, dtype=np.float64))
+    starts = np.atleast_2d(np.asarray(start, dtype=np.float64))
     hparams = {k: v for k, v in hparams.items() if k != "lr"}
-    members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), start, seed) for lr in grid]
+    members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), tuple(s), seed) for lr in grid for s in starts]
     batch = run_members(surface, members, steps, schedule, noise)
-    final = np.where(batch.diverged, np.inf, batch.final_losses)
+    final = np.where(batch.diverged, np.inf, batch.final_losses).reshape(grid.size, -1)
     reached = steps_to_tol(surface, batch)
-    reached = np.where(reached < 0, steps + 1, reached)
-    return int(np.lexsort((grid, reached, final))[0]), batch
+    reached = np.where(reached < 0, steps + 1, reached).reshape(grid.size, -1)
+    return int(np.lexsort((grid, np.median(reached, axis=1), np.median(final, axis=1)))[0]), batch

@@ -105,6 +105,9 @@ PUBLISHED = [
     ("styblinski_tang", [(-2.903534, -2.903534)], 0.5e-6, -39.16617 * 2, 2e-5),
     # Branin (Dixon & Szego 1978; sfu.ca): f = 0.397887 at (-pi, 12.275), (pi, 2.275),
     # (9.42478, 2.475); 9.42478 is 3 pi to 5 decimals.
+    # Tilted double well x^4 - 2.48x^2 + 0.96x + y^2 (this project's own): its x-derivative is
+    # 4 (x + 1.2)(x - 0.2)(x - 1), so the global minimum is f(-1.2, 0) = 2.0736 - 3.5712 - 1.152.
+    ("double_well", [(-1.2, 0.0)], 0.0, -2.6496, 1e-15),
     ("branin", [(-math.pi, 12.275), (math.pi, 2.275), (9.42478, 2.475)], 0.5e-5, 0.397887, 0.5e-6),
 ]
 
@@ -201,6 +204,19 @@ def test_saddles_have_a_stationary_point_at_the_origin_that_is_not_a_minimum():
 
 
 # --- Ackley at its cone tip ------------------------------------------------------------------
+
+
+def test_double_well_has_a_local_minimum_at_1_and_its_ridge_at_0_2():
+    # The stationary points of the factored derivative: a local minimum above the global one
+    # and the ridge that splits their basins (the oracle of the robustness-map tests).
+    surface = SURFACES["double_well"]
+    points = np.array([[1.0, 0.0], [0.2, 0.0]])
+    np.testing.assert_allclose(surface.gradient(points), 0.0, atol=1e-14)
+    assert surface.value(points[0]) == pytest.approx(1 - 2.48 + 0.96, abs=1e-15)
+    assert surface.value(points[0]) > surface.min_value
+    # Along x the ridge is a maximum, between the two wells.
+    h = 1e-3
+    assert surface.value([0.2 - h, 0.0]) < surface.value(points[1]) > surface.value([0.2 + h, 0.0])
 
 
 def test_ackley_is_finite_and_zero_at_the_origin():
