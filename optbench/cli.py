@@ -343,13 +343,21 @@ class _TerminalReporter:
 
 @app.command("report")
 def report_command(
-    runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist.")],
+    runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist (with --html also surface and profile folders).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to draw the plots (default: the run folder, or results/mnist/report for several).")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Redraw loss.png, accuracy.png, time.png.")] = True,
+    html: Annotated[bool, typer.Option("--html", help="Write report.html: every plot, sortable table, configuration and environment in one file.")] = False,
 ) -> None:
     """Tables and plots again from saved runs, without training; CPU vs GPU when both are there."""
-    from optbench import runs
+    from optbench import html_report, runs
 
+    if html:
+        kinds = [html_report.folder_kind(folder) for folder in runs_]  # refuse a bad folder before writing
+        target = out or (runs_[0] if len(runs_) == 1 else Path("results") / "report")
+        path = html_report.write_report(runs_, Path(target) / "report.html")
+        console.print(f"[dim]wrote {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB, {len(runs_)} folder(s): "
+                      f"{escape(', '.join(sorted(set(kinds))))})[/]")
+        return
     curves, epochs, summary, metas = runs.read_runs(runs_)
     for folder, meta in zip(runs_, metas):
         if meta.get("status") not in ("finished", None):

@@ -474,7 +474,7 @@ class _Run:
             "members": summary[["optimizer", "lr", "seed", "status"]].to_dict("records"),
             "populations": self.chunks,
             "device": self.device.facts,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
         }
 
 
@@ -553,7 +553,7 @@ def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:
     return table
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

@@ -10,7 +10,8 @@ and shows the summary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -108,6 +109,7 @@ class SurfaceResult:
     trajectories: pd.DataFrame
     summary: pd.DataFrame
     tuning: pd.DataFrame | None
+    config: dict = field(default_factory=dict)  # what ran, for manifest.json
 
 
 def run_surface(
@@ -151,6 +153,10 @@ def run_surface(
         pd.concat(trajectories, ignore_index=True),
         sort_summary(_summary_frame(surface, members, batch, schedule, tol)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
+        {"surface": surface.name, "formula": surface.formula, "steps": steps, "starts": len(points),
+         "start": list(points[0]) if len(points) == 1 else None, "lrs": list(lrs), "tune": tune,
+         "schedule": schedule.label(), "tol": tol, "noise": noise, "seeds": list(seeds),
+         "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams} for c in contenders}},
     )
 
 
@@ -329,7 +335,21 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
             written.append(plots.save_lr_sensitivity(
                 tuning, "gap" if bounded else "final_loss", folder / "lr_sensitivity.png", log_y=bounded,
                 ylabel="final gap (loss - minimum)" if bounded else "final loss"))
+    written.append(results.write_json(manifest(result), folder / "manifest.json"))  # last, as on MNIST
     return written
+
+
+def manifest(result: SurfaceResult) -> dict:
+    """What ran and where, as an MNIST run folder's manifest.json has it."""
+    import sys
+
+    from optbench import __version__
+    from optbench.backend import cpu_facts
+    from optbench.experiment import git_commit
+
+    return {"optbench": __version__, "command": sys.argv, "status": "finished",
+            "written": datetime.now().isoformat(timespec="seconds"), "config": result.config,
+            "device": cpu_facts(), "git_commit": git_commit()}
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
