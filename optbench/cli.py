@@ -378,25 +378,84 @@ def report_command(
 
 @app.command("profile")
 def profile_command(
-    folders: Annotated[list[Path], typer.Argument(help="Run folders: results/surface/<name> and results/mnist/<run>.")],
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Run folders: results/surface/<name> and results/mnist/<run>. None: run the problem set.")] = None,
     cost: Annotated[str, typer.Option("--cost", help="steps or seconds (MNIST runs only) to the target.")] = "steps",
     r_max: Annotated[float, typer.Option("--r-max", help="Profiles drawn and integrated for tau in [1, r_max].")] = 4.0,
+    opt: OptOption = None,
+    fn: Annotated[Optional[list[str]], typer.Option("--fn", "-f", help="The set's surfaces, repeatable (default: every surface with a minimum).")] = None,
+    starts: Annotated[str, typer.Option("--starts", help="The set's start points per surface, grid:N.")] = "grid:5",
+    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="The set's data sets, repeatable: mnist, fashion, none (default: both).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="The set's MNIST seeds at each tuned lr.")] = 5,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="The set's MNIST epochs.")] = 5,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1, help="The set's MNIST evaluation interval: the resolution of its time to target.")] = 100,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="The set's MNIST: only the first N training images.")] = None,
+    test_size: Annotated[Optional[int], typer.Option("--test-size", help="The set's MNIST: only the first N test images.")] = None,
+    tune: Annotated[bool, typer.Option("--tune/--no-tune", help="The set: each optimizer at its tuned lr (default), or at its default lr.")] = True,
     out: OutOption = Path("results"),
     quiet: QuietOption = False,
 ) -> None:
-    """Performance profiles over problems (run folders): the fraction each optimizer solves within tau x the best."""
-    import numpy as np
+    """Performance profiles over problems: the fraction each optimizer solves within tau x the best.
 
-    from optbench import plots, profiles
+    Reads run folders, or with none runs the problem set first: every surface with a minimum
+    from a grid of starts and MNIST and Fashion-MNIST, each optimizer at its tuned lr.
+    """
+    from optbench import problem_set
+
+    if folders:
+        costs = _profile_costs(folders, cost)  # a bad folder or --cost stops here, before anything is written
+        _write_profile(costs, cost, r_max, out / "profile", quiet)
+        return
+    datasets_ = [d for d in (dataset or list(problem_set.DATASETS)) if d != "none"]
+    plan = problem_set.ProblemSet(
+        optimizers=opt or ["all"], surfaces=fn or problem_set.bounded_surfaces(), grid=surface_run.parse_starts(starts),
+        tune=tune, datasets=datasets_, seeds=seeds, epochs=epochs, eval_every=eval_every, train_size=train_size,
+        test_size=test_size)
+    if r_max <= 1:
+        raise OptbenchError(f"invalid --r-max {r_max} (must be > 1)")
+    if cost not in ("steps", "seconds") or (cost == "seconds" and plan.surfaces):
+        raise OptbenchError(f"invalid --cost {cost!r} for the problem set (steps; seconds only without surfaces)")
+    plan.check()
+    folder = prepare_dir(out / "profile-set")
+    progress = Progress(
+        TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
+    )
+    task = progress.add_task("surfaces", total=len(plan.surfaces), info="")
+
+    def on_surface(name: str) -> None:
+        progress.update(task, description=f"surface {name}", completed=plan.surfaces.index(name))
+
+    try:
+        with progress:
+            written = plan.run(folder, lambda run: _TerminalReporter(progress, prepare_dir(run), quiet), on_surface)
+            progress.update(task, completed=len(plan.surfaces))
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: the problems finished so far are under {escape(str(folder))}; "
+                          f"`optbench profile {escape(str(folder))}/surface/* ...` profiles them")
+        raise typer.Exit(130)
+    _write_profile(_profile_costs(written, cost), cost, r_max, folder / "profile", quiet)
+
+
+def _profile_costs(folders: list[Path], cost: str):
+    from optbench import profiles
 
     costs, left_out = profiles.on_every_problem(profiles.read_costs(folders, cost))
     if costs.shape[1] == 0:
         raise OptbenchError("no optimizer ran on every one of these problems")
+    costs.attrs["left_out"] = left_out
+    return costs
+
+
+def _write_profile(costs, cost: str, r_max: float, folder: Path, quiet: bool) -> None:
+    import numpy as np
+
+    from optbench import plots, profiles
+
     ratios = profiles.performance_ratios(costs)
     scores = profiles.integrated_scores(ratios, r_max)
     curves = profiles.profile(ratios, np.linspace(1.0, r_max, 301))
     curves.attrs["problems"] = len(costs)
-    folder = prepare_dir(out / "profile")
+    folder = prepare_dir(folder)
     written = [
         write_csv(costs.reset_index(), folder / "costs.csv"),
         write_csv(ratios.reset_index(), folder / "ratios.csv"),
@@ -405,8 +464,8 @@ def profile_command(
     ]
     if quiet:
         return
-    if left_out:
-        err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(left_out))}")
+    if costs.attrs.get("left_out"):
+        err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(costs.attrs['left_out']))}")
     console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
                                                          f"(integrated score on [1, {r_max:g}])"))
     console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")

@@ -389,4 +389,5 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    with np.errstate(over="ignore"):  # a log axis over losses near 1e300 overflows in matplotlib's ticks
+        return _save(fig, path)

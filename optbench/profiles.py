@@ -60,7 +60,8 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
 
     A surface folder (`results/surface/<name>`) is one problem per start point (one, or each of
     a `--starts grid:N`): the median over seeds of the steps to a gap below the tolerance
-    (`steps_to_tol`; no seconds there). A MNIST run folder is one problem per data set:
+    (`steps_to_tol`; no seconds there). A start already within the tolerance is no problem, and
+    left out. A MNIST run folder is one problem per data set:
     the median over seeds of the steps (or seconds) to the target accuracy. inf: it ran and never
     reached the target; NaN: it did not run on that problem.
     """
@@ -114,7 +115,10 @@ def _surface_problems(folder: Path, summary: pd.DataFrame):
     for x, y in points.itertuples(index=False):
         here = cells[(cells["start_x"] == x) & (cells["start_y"] == y)]
         problem = f"{name} ({folder.name})" if len(points) == 1 else f"{name} from ({x:.4g}, {y:.4g})"
-        yield problem, here.groupby("optimizer", sort=False)["steps"].min()
+        best = here.groupby("optimizer", sort=False)["steps"].min()
+        if (best == 0).all():  # the start is already within the tolerance (a grid's centre on the bowl): no problem
+            continue
+        yield problem, best
 
 
 def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
