@@ -355,6 +355,9 @@ def save_profile(curves: pd.DataFrame, scores: pd.Series, path: Path, cost: str 
     return _save(fig, path)
 
 
+BLOWN_UP = 1e100
+
+
 def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel: str, log_y: bool = False,
                         scale: float = 1.0) -> Path:
     """Learning-rate sensitivity from a tuning grid: `metric` against lr, one curve per optimizer
@@ -362,6 +365,9 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
     lrs left out."""
     frame = tuning[~tuning["diverged"].astype(bool)] if "diverged" in tuning.columns else tuning
     frame = frame.assign(**{metric: pd.to_numeric(frame[metric], errors="coerce") * scale})
+    # A loss past 1e100 has blown up even if it is still finite; near 1e308 a log axis cannot be
+    # drawn at all (matplotlib's tick labels overflow), so those lrs are left out as diverged.
+    frame = frame[frame[metric].abs() < BLOWN_UP]
     bands = spread.band(frame, "lr", metric, ["optimizer"])
     fig, ax = plt.subplots(figsize=(9, 5))
     optimizers = list(dict.fromkeys(tuning["optimizer"]))
@@ -385,9 +391,8 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
         ax.set_yscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(ylabel)
-    ax.set_title("Learning-rate sensitivity (★ chosen; diverged lrs left out)", fontsize=10)
+    ax.set_title(f"Learning-rate sensitivity (★ chosen; diverged lrs, and any past {BLOWN_UP:g}, left out)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    with np.errstate(over="ignore"):  # a log axis over losses near 1e300 overflows in matplotlib's ticks
-        return _save(fig, path)
+    return _save(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,3 +98,14 @@ def test_tuning_draws_the_lr_sensitivity(tmp_path):
                            "final_val_acc": [0.9, 0.92, 0.95, 0.96, np.nan], "diverged": [False] * 4 + [True],
                            "chosen": [False, False, True, True, False]})
     assert save_lr_sensitivity(tuning, "final_val_acc", tmp_path / "s.png", ylabel="acc", scale=100).stat().st_size > 5000
+
+
+def test_lr_sensitivity_leaves_out_a_blown_up_loss_instead_of_failing_to_draw(tmp_path):
+    # A final loss near 1e305 is finite but past what a log axis can label: it was a traceback.
+    from optbench.plots import save_lr_sensitivity
+
+    tuning = pd.DataFrame({"optimizer": "sgd", "lr": [1e-3, 1e-2, 1e-1, 1.0], "gap": [1e-2, 1e-6, 0.0, 3e305],
+                           "diverged": False, "chosen": [False, True, False, False]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert save_lr_sensitivity(tuning, "gap", tmp_path / "s.png", ylabel="gap", log_y=True).stat().st_size > 5000
