@@ -358,6 +358,18 @@ def report_command(
         console.print(f"[dim]wrote {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB, {len(runs_)} folder(s): "
                       f"{escape(', '.join(sorted(set(kinds))))})[/]")
         return
+    from optbench import sweep
+
+    stores = [folder for folder in runs_ if sweep.is_store(folder)]
+    if stores:
+        if len(stores) < len(runs_):
+            raise OptbenchError("give sweep stores or MNIST run folders, not both (or use --html)")
+        for store in stores:
+            manifest = sweep.Store(store).manifest()
+            cells = sweep.Store(store).cells()
+            console.print(tables.sweep_aggregate(sweep.aggregate(cells), f"{store.name}: {len(cells)} of "
+                                                 f"{manifest.get('cells', '?')} cells ({manifest.get('status', '?')})"))
+        return
     curves, epochs, summary, metas = runs.read_runs(runs_)
     for folder, meta in zip(runs_, metas):
         if meta.get("status") not in ("finished", None):
@@ -469,6 +481,70 @@ def _write_profile(costs, cost: str, r_max: float, folder: Path, quiet: bool) ->
     console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
                                                          f"(integrated score on [1, {r_max:g}])"))
     console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")
+
+
+@app.command("sweep")
+def sweep_command(
+    file: Annotated[Path, typer.Argument(help="Sweep file (TOML): problems, optimizers, lrs, schedules, seeds.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="The results store (default: results/sweep/<name>). Rerun to resume.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Run populations in N local processes (with --dask local: N Dask workers).")] = None,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="local (a LocalCluster), or a scheduler address tcp://HOST:8786.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Cells per worker as they finish.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run a sweep file's cells (problems x optimizers x lrs x schedules x seeds) into a resumable store."""
+    from rich.progress import TimeRemainingColumn
+
+    from optbench import sweep
+
+    executor = sweep.Executor(workers=workers, dask=dask)
+    executor.check()
+    if workers is not None and dask is not None and dask != "local":
+        raise OptbenchError("--workers sets the size of a LocalCluster: not with a scheduler address")
+    spec = sweep.load_sweep(file)
+    if spec.data.get("device") == "gpu" and workers and not dask:
+        executor.gpus = _gpu_ids(workers)
+    store = out or Path("results") / "sweep" / spec.data.get("name", file.stem)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False,
+        disable=quiet or not err_console.is_terminal,
+    )
+    task = progress.add_task(f"sweep {spec.data.get('name', file.stem)}", total=None)
+
+    def landed(state) -> None:
+        progress.update(task, total=state.total - state.skipped, completed=state.done)
+        if verbose and not quiet:
+            counts = ", ".join(f"{w}: {n}" for w, n in sorted(state.workers.items()))
+            progress.console.print(f"[dim]{state.done}/{state.total - state.skipped} cells ({escape(counts)})[/]")
+
+    try:
+        with progress:
+            state = sweep.run_sweep(spec, store, executor, landed)
+    except KeyboardInterrupt:
+        finished = sweep.Store(store).manifest().get("finished_cells", 0)
+        err_console.print(f"[yellow]interrupted[/]: {finished} cells kept in {escape(str(store))}; rerun the same command to resume")
+        raise typer.Exit(130)
+    if not quiet:
+        console.print(f"{state.done} cells run, {state.skipped} already in the store, {state.total} in all "
+                      f"({escape(executor.label)}): {escape(str(store))}")
+        if verbose:
+            for worker, count in sorted(state.workers.items()):
+                console.print(f"  {escape(worker)}: {count} cells")
+
+
+def _gpu_ids(workers: int) -> list[str]:
+    """One GPU per local worker: CUDA_VISIBLE_DEVICES 0 .. N-1, refused past the GPUs there are."""
+    from optbench.backend import gpu_available
+
+    count = 0
+    if gpu_available():
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    if workers > count:
+        raise OptbenchError(f"--workers {workers} with device gpu: one worker per GPU, and this machine has {count}")
+    return [str(i) for i in range(workers)]
 
 
 @app.command("regress")

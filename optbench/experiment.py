@@ -267,13 +267,17 @@ class Experiment:
             grids[label] = [centre * f for f in TUNE_FACTORS]
         return grids
 
-    def run(self, reporter=None, data=None, device: Device | None = None, adjust_weights=None) -> Results:
+    def run(self, reporter=None, data=None, device: Device | None = None, adjust_weights=None,
+            members: list[Member] | None = None) -> Results:
         """Train every member; `reporter` (optional) hears of progress (see `Reporter`).
 
         `data` (x_train, y_train, x_test, y_test) on the device skips loading;
-        `adjust_weights(population)` may change the initial weights (regress nudges them).
-        Ctrl-C returns what was trained, marked interrupted.
+        `adjust_weights(population)` may change the initial weights (regress nudges them);
+        `members` trains exactly those instead of the product of optimizers, lrs and seeds
+        (a sweep's cells; not with tune). Ctrl-C returns what was trained, marked interrupted.
         """
+        if members is not None and self.tune:
+            raise OptbenchError("an explicit list of members is trained as given: not with tune")
         self.check()
         device = device or select_device(self.device)
         if self.problem.cuda_graph and device.name != "gpu":
@@ -298,7 +302,7 @@ class Experiment:
                     reporter.phase(f"chosen lrs over {self.seeds} seed(s): {len(final)} members")
                     run.train(final, splits, _eval_sets(splits))
             else:
-                run.train(self.members(), splits, _eval_sets(splits))
+                run.train(self.members() if members is None else members, splits, _eval_sets(splits))
         except KeyboardInterrupt:
             run.interrupted = True
             if self.tune and run.tuning is None and run.tuned:

@@ -70,8 +70,12 @@ details { margin: .5em 0 1em; } summary { cursor: pointer; color: #335; }
 
 
 def folder_kind(folder: Path) -> str:
-    """'mnist', 'surface' or 'profile': what wrote the folder, from the files in it."""
+    """'mnist', 'surface', 'profile' or 'sweep': what wrote the folder, from the files in it."""
+    from optbench.sweep import is_store
+
     folder = Path(folder)
+    if is_store(folder):
+        return "sweep"
     if (folder / "scores.csv").exists() and (folder / "costs.csv").exists():
         return "profile"
     path = folder / "summary.csv"
@@ -99,8 +103,8 @@ def build_report(folders: list[Path], title: str | None = None) -> str:
     parts += _contents(folders, kinds)
     for i, (folder, kind) in enumerate(zip(folders, kinds)):
         parts.append(_section(i, folder, kind))
-    problems = [f for f, k in zip(folders, kinds) if k in ("surface", "mnist")]
-    if len(problems) >= 2:
+    problems = [f for f, k in zip(folders, kinds) if k in ("surface", "mnist", "sweep")]
+    if len(problems) >= 2 or "sweep" in kinds:
         parts.append(_profile_section(problems))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
@@ -140,6 +144,13 @@ def _tables(folder: Path, kind: str) -> list[str]:
         return results.read_csv(path) if path.exists() else None
 
     parts = []
+    if kind == "sweep":
+        from optbench import sweep
+
+        cells = sweep.Store(folder).cells()
+        parts.append(_table(sweep.aggregate(cells), "By problem, optimizer, lr and schedule, over seeds and starts"))
+        parts.append(_details(_table(cells, None), f"Every cell ({len(cells)} rows)"))
+        return parts
     if kind == "profile":
         scores = csv("scores.csv")
         parts.append(_table(scores, "Integrated score (area under the profile on [1, r_max], normalised)"))
@@ -263,11 +274,13 @@ def _manifest(folder: Path) -> dict:
 
 def _manifest_tables(manifest: dict) -> str:
     """Configuration, optimizers' hyperparameters and the environment, from manifest.json."""
-    config = manifest.get("config") or {}
+    config = manifest.get("config") or manifest.get("sweep") or {}
     optimizers = manifest.get("optimizers") or config.get("optimizers") or {}
+    if not isinstance(optimizers, dict):  # a sweep file's list of names: shown with its configuration
+        optimizers = {}
     facts = {k: v for k, v in manifest.items() if k in ("optbench", "started", "written", "git_commit")}
     facts["command"] = " ".join(map(str, manifest.get("command") or []))
-    parts = [_pairs({k: v for k, v in config.items() if k != "optimizers"}, "Configuration")]
+    parts = [_pairs({k: v for k, v in config.items() if k != "optimizers" or not isinstance(v, dict)}, "Configuration")]
     if optimizers:
         parts.append(_pairs({name: ", ".join(f"{k}={v}" for k, v in hp.items()) for name, hp in optimizers.items()},
                             "Optimizers and their hyperparameters"))

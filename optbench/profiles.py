@@ -68,7 +68,13 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
     if cost not in ("steps", "seconds"):
         raise OptbenchError(f"invalid --cost {cost!r} (steps or seconds)")
     columns: dict[str, dict[str, float]] = {}
+    from optbench import sweep
+
     for folder in map(Path, folders):
+        if sweep.is_store(folder):
+            for problem, best in _sweep_problems(sweep.Store(folder).cells(), cost):
+                _add(columns, problem, best)
+            continue
         path = folder / "summary.csv"
         if not path.exists():
             raise OptbenchError(f"{folder} is not an optbench run folder (no summary.csv)")
@@ -119,6 +125,37 @@ def _surface_problems(folder: Path, summary: pd.DataFrame):
         if (best == 0).all():  # the start is already within the tolerance (a grid's centre on the bowl): no problem
             continue
         yield problem, best
+
+
+def _sweep_problems(cells: pd.DataFrame, cost: str):
+    """A sweep store's problems: each surface problem from each start, each MNIST problem; an
+    optimizer's cost is the median over seeds of its steps (or seconds) to the target at its best
+    lr and schedule. A start already within the tolerance is no problem."""
+    if not len(cells):
+        return
+    surface = cells[cells["kind"] == "surface"]
+    mnist = cells[cells["kind"] == "mnist"]
+    if cost == "seconds" and len(surface):
+        raise OptbenchError("surface cells record steps, not seconds (use --cost steps)")
+    if len(surface):
+        steps = pd.to_numeric(surface["steps_to_tol"], errors="coerce").astype(float).fillna(np.inf)
+        frame = surface.assign(_cost=steps)
+        keys = ["problem", "start_x", "start_y"]
+        for (name, x, y), group in frame.groupby(keys, sort=False):
+            best = _best_over_settings(group)
+            if (best == 0).all():
+                continue
+            yield f"{name} from ({x:.4g}, {y:.4g})", best
+    if len(mnist):
+        column = "steps_to_target" if cost == "steps" else "seconds_to_target"
+        frame = mnist.assign(_cost=pd.to_numeric(mnist[column], errors="coerce").astype(float).fillna(np.inf))
+        for name, group in frame.groupby("problem", sort=False):
+            yield name, _best_over_settings(group)
+
+
+def _best_over_settings(group: pd.DataFrame) -> pd.Series:
+    medians = group.groupby(["optimizer", "lr", "schedule"], sort=False)["_cost"].median()
+    return medians.groupby(level="optimizer", sort=False).min().replace(np.inf, np.nan)
 
 
 def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

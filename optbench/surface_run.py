@@ -147,11 +147,11 @@ def run_surface(
                 chosen[m.optimizer] = float(TUNE_GRID[best])
         members = [replace(m, lr=chosen[m.optimizer]) for m in members]
     batch = run_members(surface, members, steps, schedule, noise)
-    trajectories = [_trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)]
+    trajectories = [trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)]
     return SurfaceResult(
         surface,
         pd.concat(trajectories, ignore_index=True),
-        sort_summary(_summary_frame(surface, members, batch, schedule, tol)),
+        sort_summary(summary_frame(surface, members, batch, schedule, tol)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
         {"surface": surface.name, "formula": surface.formula, "steps": steps, "starts": len(points),
          "start": list(points[0]) if len(points) == 1 else None, "lrs": list(lrs), "tune": tune,
@@ -231,7 +231,7 @@ def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.loc[order].reset_index(drop=True)
 
 
-def _trajectory_frame(surface: Surface, member: SurfaceMember, batch) -> pd.DataFrame:
+def trajectory_frame(surface: Surface, member: SurfaceMember, batch) -> pd.DataFrame:
     n = int(batch.stop[0])
     return pd.DataFrame(
         {
@@ -250,7 +250,7 @@ def _trajectory_frame(surface: Surface, member: SurfaceMember, batch) -> pd.Data
     )
 
 
-def _summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedule: Schedule = CONSTANT,
+def summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedule: Schedule = CONSTANT,
                    tol: float = GAP_TOL) -> pd.DataFrame:
     """One row per member (row of `batch`)."""
     final = batch.final_positions

@@ -71,6 +71,23 @@ def surface_robustness(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Ta
     return table
 
 
+def sweep_aggregate(frame: pd.DataFrame, title: str) -> Table:
+    """A sweep store's cells by problem, optimizer, lr and schedule, over seeds: best first."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("problem", "optimizer"):
+        table.add_column(name, style="bold" if name == "optimizer" else None, no_wrap=True)
+    for name in ("lr", "schedule", "seeds", "final (median)", "range", "reached", "median steps", "diverged"):
+        table.add_column(name, justify="right")
+    for row in frame.itertuples():
+        accuracy = row.metric == "final_test_acc"
+        show = (lambda v: f"{100 * v:.2f}%" if v == v else "—") if accuracy else (lambda v: _number(v, 3))
+        table.add_row(escape(row.problem), escape(row.optimizer), _number(row.lr, 3), escape(row.schedule), str(row.seeds),
+                      show(row.metric_median), f"{show(row.metric_min)}–{show(row.metric_max)}", f"{row.reached}/{row.seeds}",
+                      _number(row.steps_to_target_median), str(row.diverged) if row.diverged else "",
+                      style="red" if row.diverged == row.seeds else None)
+    return table
+
+
 def optimizers_table() -> Table:
     table = Table(title="Optimizers: each follows the update rule and defaults of its reference", title_justify="left",
                   header_style="bold")

@@ -1,0 +1,721 @@
+"""`optbench sweep`: a study from a TOML file, expanded to cells, packed into populations, run on
+an executor (in-process, local processes or Dask) and written to a resumable store.
+
+A *cell* is one training: a problem (a surface from a start, or MNIST with its net), an optimizer
+with its hyperparameters, an lr, a schedule and a seed. It is named by a hash of that whole
+specification, so rerunning a sweep skips the cells already in the store and a changed setting
+makes a new cell. Cells that share a problem and a schedule run together as one *population*
+(at most `population` cells), the unit an executor runs and the store writes atomically.
+
+The store is a folder pandas reads directly:
+
+    DIR/cells/part-<population>.parquet    one row per cell: its specification and results
+    DIR/curves/part-<population>.parquet   one row per cell and curve point (a surface's
+                                           trajectory; MNIST's evaluations)
+    DIR/manifest.json                      the sweep file, counts, status, environment
+
+    pd.read_parquet("DIR/cells")
+
+Knows nothing of the terminal: `run_sweep` calls `on_population(done)` as each population lands.
+Every population runs with the same number of BLAS and Numba threads (`threads`, 1 unless the
+file says otherwise), because OpenBLAS's sums depend on its thread count: so a sweep's results are
+bitwise the same whichever executor ran it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from optbench import results
+from optbench.errors import OptbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_POPULATION = 64
+STORE_FORMAT = 1
+
+
+# --- the sweep file -------------------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _strings(v) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _lrs(v) -> bool:
+    return v in ("default", "tune") or (isinstance(v, list) and v and all(_is_number(x) and x > 0 for x in v))
+
+
+def _seeds(v) -> bool:
+    return _positive(v) or (isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v))
+
+
+def _schedules(v) -> bool:
+    return isinstance(v, list) and v and all(isinstance(x, (str, dict)) for x in v)
+
+
+def _starts(v) -> bool:
+    return (isinstance(v, str) and (v == "default" or v.startswith("grid:"))) or (
+        isinstance(v, list) and v and all(isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p) for p in v))
+
+
+TOP = {"name": lambda v: isinstance(v, str), "device": lambda v: v in ("cpu", "gpu", "auto"),
+       "optimizers": _strings, "hp": _strings, "lrs": _lrs, "seeds": _seeds, "schedules": _schedules,
+       "population": _positive, "threads": _positive, "problems": lambda v: isinstance(v, list) and v}
+SURFACE = {"kind": lambda v: v == "surface", "surface": lambda v: isinstance(v, str), "starts": _starts,
+           "noise": lambda v: _is_number(v) and v >= 0, "steps": lambda v: _is_int(v) and v >= 0,
+           "tol": lambda v: _is_number(v) and v > 0}
+MNIST = {"kind": lambda v: v == "mnist", "dataset": lambda v: isinstance(v, str),
+         "hidden": lambda v: isinstance(v, list) and v and all(_positive(h) for h in v),
+         "activation": lambda v: isinstance(v, str), "init": lambda v: isinstance(v, str),
+         "weight_decay": lambda v: _is_number(v) and v >= 0, "batch_size": _positive, "epochs": _positive,
+         "iterations": _positive, "eval_every": _positive, "train_size": _positive, "test_size": _positive,
+         "validation": _positive, "target": lambda v: _is_number(v) and 0 < v <= 100,
+         "data_dir": lambda v: isinstance(v, str), "shuffle": lambda v: isinstance(v, bool)}
+SCHEDULE = {"kind": lambda v: isinstance(v, str), "warmup": lambda v: _is_number(v) and v >= 0,
+            "min_lr_ratio": lambda v: _is_number(v) and v >= 0, "decay_fraction": lambda v: _is_number(v) and 0 < v <= 1}
+EXPECTED = {"optimizers": "a name or a list of names", "hp": "a list of 'name=value' strings",
+            "lrs": '"default", "tune" or a list of positive numbers', "seeds": "a count or a list of seeds >= 0",
+            "schedules": "a list of kinds or tables", "starts": '"default", "grid:N" or a list of [x, y]',
+            "hidden": "a list of positive widths", "device": '"cpu", "gpu" or "auto"', "problems": "[[problems]] tables"}
+
+
+@dataclass
+class SweepFile:
+    path: Path
+    text: str
+    data: dict
+
+    def where(self, key: str, table: str | None = None, index: int = 0) -> str:
+        """'FILE:LINE' of `key` (in the index-th `[[table]]` when given), for error messages."""
+        return f"{self.path}:{key_line(self.text, key, table, index)}"
+
+    def error(self, message: str, key: str, table: str | None = None, index: int = 0) -> OptbenchError:
+        return OptbenchError(f"{self.where(key, table, index)}: {message}")
+
+
+def key_line(text: str, key: str, table: str | None = None, index: int = 0) -> int:
+    """The line defining `key` at the top level or in the index-th [[table]] (1 if not found)."""
+    current, seen = None, -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\[\s*([\w.]+)\s*\]\]", stripped) or re.match(r"^\[\s*([\w.]+)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if current == table and stripped.startswith("[["):
+                seen += 1
+            continue
+        if re.match(rf"^{re.escape(key)}\s*=", stripped) and (
+                (table is None and current is None) or (current == table and seen == index)):
+            return number
+    if table is not None:  # the table's header, when the key is missing from it
+        seen = -1
+        for number, line in enumerate(text.splitlines(), start=1):
+            if re.match(rf"^\[\[\s*{re.escape(table)}\s*\]\]", line.strip()):
+                seen += 1
+                if seen == index:
+                    return number
+    return 1
+
+
+def load_sweep(path: Path) -> SweepFile:
+    """Read and check a sweep file: unknown keys, bad types and unknown names are refused with
+    the file, the key and its line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise OptbenchError(f"sweep file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptbenchError(f"cannot read sweep file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise OptbenchError(f"{path}: not valid TOML ({exc})") from None
+    sweep = SweepFile(path, text, data)
+    _check_keys(sweep, data, TOP, None, 0)
+    if "problems" not in data:
+        raise OptbenchError(f"{path}: a sweep needs at least one [[problems]] table")
+    for i, problem in enumerate(data["problems"]):
+        if not isinstance(problem, dict):
+            raise sweep.error("problems must be [[problems]] tables", "problems")
+        kind = problem.get("kind")
+        if kind not in ("surface", "mnist"):
+            raise sweep.error(f"kind must be 'surface' or 'mnist', got {kind!r}", "kind", "problems", i)
+        _check_keys(sweep, problem, SURFACE if kind == "surface" else MNIST, "problems", i)
+        if kind == "surface" and "surface" not in problem:
+            raise sweep.error("a surface problem needs `surface`", "kind", "problems", i)
+    for j, schedule in enumerate(data.get("schedules", [])):
+        if isinstance(schedule, dict):
+            unknown = sorted(set(schedule) - set(SCHEDULE))
+            bad = [k for k, v in schedule.items() if k in SCHEDULE and not SCHEDULE[k](v)]
+            if unknown or bad or "kind" not in schedule:
+                what = f"unknown key {unknown[0]!r}" if unknown else (f"bad value for {bad[0]}" if bad else "a schedule table needs `kind`")
+                raise sweep.error(f"schedules[{j}]: {what}", "schedules")
+    expand(sweep)  # unknown optimizers, surfaces, data sets and hyperparameters stop here
+    return sweep
+
+
+def _check_keys(sweep: SweepFile, table: dict, allowed: dict, name: str | None, index: int) -> None:
+    for key, value in table.items():
+        if key not in allowed:
+            raise sweep.error(f"unknown key {key!r} (allowed: {', '.join(allowed)})", key, name, index)
+        if not allowed[key](value):
+            hint = f" (expected {EXPECTED[key]})" if key in EXPECTED else ""
+            raise sweep.error(f"bad value for {key}: {value!r}{hint}", key, name, index)
+
+
+# --- cells and populations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training, named by the hash of its specification."""
+
+    problem: dict  # canonical: every setting, defaults filled in
+    optimizer: str  # label
+    spec: str  # what selects the class: a built-in name or module:Class
+    hparams: dict  # typed, without lr
+    lr: float
+    schedule: dict
+    seed: int
+    start: tuple[float, float] | None = None  # surfaces
+
+    @property
+    def spec_dict(self) -> dict:
+        return {"format": STORE_FORMAT, "problem": self.problem, "optimizer": self.optimizer, "class": self.spec,
+                "hparams": self.hparams, "lr": self.lr, "schedule": self.schedule, "seed": self.seed,
+                "start": list(self.start) if self.start is not None else None}
+
+    @property
+    def id(self) -> str:
+        return _hash(self.spec_dict)
+
+    @property
+    def problem_id(self) -> str:
+        return _hash(self.problem)
+
+
+def _hash(data) -> str:
+    text = json.dumps(data, sort_keys=True, default=_jsonable, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return repr(value)
+
+
+@dataclass
+class Population:
+    """Cells that share a problem and a schedule, run together; `id` names its partition."""
+
+    cells: list[Cell]
+    device: str = "cpu"
+    threads: int = 1
+
+    @property
+    def id(self) -> str:
+        return _hash(sorted(c.id for c in self.cells))
+
+
+def expand(sweep: SweepFile) -> list[Cell]:
+    """Every cell of the sweep, problem by problem, schedule, optimizer, lr, start, seed."""
+    from optbench.optimizers import OPTIMIZERS, resolve_hparams, select_optimizers
+    from optbench.schedules import Schedule
+
+    data = sweep.data
+    names = data.get("optimizers", ["adam"])
+    try:
+        selected = select_optimizers([names] if isinstance(names, str) else list(names))
+        typed = resolve_hparams(selected, list(data.get("hp", [])))
+    except OptbenchError as exc:
+        raise sweep.error(str(exc), "hp" if "--hp" in str(exc) else "optimizers") from None
+    seeds = data.get("seeds", 1)
+    seeds = list(range(seeds)) if _is_int(seeds) else list(seeds)
+    schedules = []
+    for item in data.get("schedules", ["constant"]):
+        spec = {"kind": item} if isinstance(item, str) else dict(item)
+        schedule = Schedule(spec["kind"], float(spec.get("warmup", 0.0)), float(spec.get("min_lr_ratio", 0.0)),
+                            float(spec.get("decay_fraction", 0.2)))
+        try:
+            schedule.check()
+        except OptbenchError as exc:
+            raise sweep.error(str(exc), "schedules") from None
+        schedules.append({"kind": schedule.kind, "warmup": schedule.warmup, "min_lr_ratio": schedule.min_lr_ratio,
+                          "decay_fraction": schedule.decay_fraction})
+    cells = []
+    for i, raw in enumerate(data["problems"]):
+        try:
+            problem, starts = _problem(raw)
+        except OptbenchError as exc:
+            raise sweep.error(str(exc), "kind", "problems", i) from None
+        for schedule in schedules:
+            for label, cls in selected:
+                hparams = {k: v for k, v in typed[label].items() if k != "lr"}
+                spec = label if OPTIMIZERS.get(label) is cls else f"{cls.__module__}:{cls.__qualname__}"
+                if problem["kind"] == "surface" and getattr(cls, "needs_matrices", False):
+                    continue  # Muon needs weight matrices: no surface cells for it
+                for lr in _cell_lrs(data.get("lrs", "default"), problem, label, cls, typed[label]):
+                    for start in starts:
+                        cells += [Cell(problem, label, spec, hparams, float(lr), schedule, seed, start) for seed in seeds]
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise OptbenchError(f"{sweep.path}: two cells have the same specification (a problem or seed listed twice?)")
+    return cells
+
+
+def _problem(raw: dict) -> tuple[dict, list]:
+    """The canonical problem (every setting, defaults filled in) and its start points."""
+    from optbench.experiment import MnistProblem
+    from optbench.surface_run import grid_starts, parse_starts
+    from optbench.surfaces import get_surface
+    from optbench.trajectories import GAP_TOL
+
+    if raw["kind"] == "surface":
+        surface = get_surface(raw["surface"])
+        problem = {"kind": "surface", "surface": surface.name, "steps": raw.get("steps") or surface.steps,
+                   "noise": float(raw.get("noise", 0.0)), "tol": float(raw.get("tol", GAP_TOL))}
+        starts = raw.get("starts", "default")
+        if starts == "default":
+            points = [tuple(map(float, surface.start))]
+        elif isinstance(starts, str):
+            points = grid_starts(surface, parse_starts(starts))
+        else:
+            points = [tuple(map(float, p)) for p in starts]
+        return problem, points
+    settings = {k: v for k, v in raw.items() if k not in ("kind", "target")}
+    if "hidden" in settings:
+        settings["hidden"] = tuple(settings["hidden"])
+    mnist = MnistProblem(**settings, target=raw["target"] / 100 if "target" in raw else None)
+    mnist.check()
+    problem = {"kind": "mnist", **{k: v for k, v in _problem_fields(mnist).items()}}
+    return problem, [None]
+
+
+def _problem_fields(mnist) -> dict:
+    from dataclasses import asdict
+
+    fields = asdict(mnist)
+    fields.pop("schedule")  # a cell's schedule is its own
+    fields.pop("cuda_graph")
+    fields["hidden"] = list(fields["hidden"])
+    return fields
+
+
+def _cell_lrs(lrs, problem: dict, label: str, cls: type, hparams: dict) -> list[float]:
+    """The lrs of one optimizer on one problem: a list, the default (surface table or MNIST's), or
+    the tuning grid ("tune": TUNE_GRID on a surface, the MNIST grid around the default)."""
+    from optbench.experiment import TUNE_FACTORS
+    from optbench.experiment import default_lr as mnist_lr
+    from optbench.surface_run import default_lr as surface_lr
+    from optbench.surfaces import get_surface
+    from optbench.trajectories import TUNE_GRID
+
+    if "lr" in hparams:  # --hp lr= wins, as on the command line
+        return [float(hparams["lr"])]
+    if isinstance(lrs, list):
+        return [float(x) for x in lrs]
+    surface = problem["kind"] == "surface"
+    default = surface_lr(get_surface(problem["surface"]), label, cls) if surface else mnist_lr(label, cls)
+    if lrs == "default":
+        return [default]
+    return [float(x) for x in TUNE_GRID] if surface else [default * f for f in TUNE_FACTORS]
+
+
+def populations(cells: list[Cell], size: int = DEFAULT_POPULATION, device: str = "cpu", threads: int = 1) -> list[Population]:
+    """Cells grouped by problem and schedule, in order, cut into populations of at most `size`.
+    MNIST cells of one seed stay together where they fit (they share the batches)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(_hash([cell.problem, cell.schedule]), []).append(cell)
+    out = []
+    for group in groups.values():
+        if group[0].problem["kind"] == "mnist":
+            group = sorted(group, key=lambda c: c.seed)  # stable: the file's order within a seed
+        out += [Population(group[i : i + size], device, threads) for i in range(0, len(group), size)]
+    return out
+
+
+# --- running one population (in any process) ------------------------------------------------
+
+
+def run_population(population: Population) -> dict:
+    """Train every cell of `population`; return its rows: {'cells': DataFrame, 'curves':
+    DataFrame, 'worker': 'host:pid'}. Pure: the same population gives the same rows anywhere."""
+    from threadpoolctl import threadpool_limits
+
+    import numba
+
+    numba_threads = numba.get_num_threads()
+    numba.set_num_threads(min(population.threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(population.threads):
+            kind = population.cells[0].problem["kind"]
+            cells, curves = (_run_surface_cells if kind == "surface" else _run_mnist_cells)(population)
+    finally:
+        numba.set_num_threads(numba_threads)
+    ids = {"population": population.id}
+    return {"cells": cells.assign(**ids), "curves": curves.assign(**ids), "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _cell_columns(cells: list[Cell]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "cell": [c.id for c in cells], "problem_id": [c.problem_id for c in cells],
+        "problem": [_problem_name(c.problem) for c in cells], "kind": [c.problem["kind"] for c in cells],
+        "optimizer": [c.optimizer for c in cells],
+        "hparams": [json.dumps(c.hparams, sort_keys=True, default=_jsonable) for c in cells],
+        "lr": [c.lr for c in cells], "schedule": [_schedule_label(c.schedule) for c in cells],
+        "seed": [c.seed for c in cells],
+    })
+
+
+def _problem_name(problem: dict) -> str:
+    if problem["kind"] == "surface":
+        noise = f", noise {problem['noise']:g}" if problem["noise"] else ""
+        return f"{problem['surface']} ({problem['steps']} steps{noise})"
+    length = f"{problem['iterations']} steps" if problem.get("iterations") else f"{problem['epochs']} epochs"
+    return f"{problem['dataset']} {'-'.join(map(str, problem['hidden']))} ({length})"
+
+
+def _schedule_label(schedule: dict) -> str:
+    from optbench.schedules import Schedule
+
+    return Schedule(**schedule).label()
+
+
+def _cls(cell: Cell) -> type:
+    from optbench.optimizers import select_optimizers
+
+    return select_optimizers([cell.spec])[0][1]
+
+
+def _run_surface_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from optbench.schedules import Schedule
+    from optbench.surface_run import summary_frame
+    from optbench.surfaces import get_surface
+    from optbench.trajectories import SurfaceMember, run_members
+
+    cells = population.cells
+    problem = cells[0].problem
+    surface = get_surface(problem["surface"])
+    schedule = Schedule(**cells[0].schedule)
+    members = [SurfaceMember(c.optimizer, _cls(c), c.hparams, c.lr, tuple(c.start), c.seed) for c in cells]
+    batch = run_members(surface, members, problem["steps"], schedule, problem["noise"])
+    summary = summary_frame(surface, members, batch, schedule, problem["tol"]).drop(
+        columns=["surface", "optimizer", "lr", "schedule", "seed"])
+    table = pd.concat([_cell_columns(cells), summary.reset_index(drop=True)], axis=1)
+    table["status"] = np.where(table["diverged"], "diverged", "finished")
+    steps = batch.positions.shape[0]
+    curves = pd.DataFrame({
+        "cell": np.repeat([c.id for c in cells], steps),
+        "step": np.tile(np.arange(steps), len(cells)),
+        "x": batch.positions[:, :, 0].T.ravel(), "y": batch.positions[:, :, 1].T.ravel(),
+        "loss": batch.losses.T.ravel(),
+    })
+    return table, curves[np.isfinite(curves["loss"])].reset_index(drop=True)
+
+
+def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from optbench.experiment import Experiment, Member, MnistProblem
+    from optbench.schedules import Schedule
+
+    cells = population.cells
+    settings = {k: v for k, v in cells[0].problem.items() if k != "kind"}
+    settings["hidden"] = tuple(settings["hidden"])
+    problem = MnistProblem(**settings, schedule=Schedule(**cells[0].schedule))
+    members = [Member(c.optimizer, _cls(c), c.hparams, c.lr, c.seed) for c in cells]
+    experiment = Experiment(optimizers=list(dict.fromkeys(c.spec for c in cells)), problem=problem,
+                            device=population.device)
+    result = experiment.run(members=members)
+    if result.status == "interrupted":
+        raise KeyboardInterrupt
+    key = {(c.optimizer, c.lr, c.seed): c.id for c in cells}
+    summary = result.summary.assign(cell=[key[(o, lr, s)] for o, lr, s in
+                                          zip(result.summary["optimizer"], result.summary["lr"], result.summary["seed"])])
+    table = _cell_columns(cells).merge(
+        summary.drop(columns=["optimizer", "lr", "schedule", "seed"]), on="cell", how="left", validate="one_to_one")
+    epochs = result.epochs
+    curves = epochs.assign(cell=[key[(o, lr, s)] for o, lr, s in zip(epochs["optimizer"], epochs["lr"], epochs["seed"])])
+    return table, curves.drop(columns=["optimizer", "lr", "seed"]).reset_index(drop=True)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class Store:
+    """A sweep's results folder: Parquet partitions per population and a manifest."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cells_dir, self.curves_dir = self.root / "cells", self.root / "curves"
+
+    def prepare(self) -> None:
+        for folder in (self.root, self.cells_dir, self.curves_dir):
+            results.prepare_dir(folder)
+        self._drop_orphans()
+
+    def _drop_orphans(self) -> None:
+        """A crash between a population's two partitions leaves its curves without its cells:
+        the cells will run again, so those curves go."""
+        kept = {p.name for p in self.cells_dir.glob("part-*.parquet")}
+        for path in self.curves_dir.glob("part-*.parquet"):
+            if path.name not in kept:
+                path.unlink()
+
+    def finished(self) -> set[str]:
+        return set(self.cells()["cell"]) if any(self.cells_dir.glob("part-*.parquet")) else set()
+
+    def cells(self) -> pd.DataFrame:
+        return _read_parts(self.cells_dir)
+
+    def curves(self) -> pd.DataFrame:
+        return _read_parts(self.curves_dir)
+
+    def write(self, population_id: str, rows: dict) -> None:
+        """The curves, then the cells, each atomically: a cell is in the store once its row is."""
+        name = f"part-{population_id}.parquet"
+        for frame, folder in ((rows["curves"], self.curves_dir), (rows["cells"], self.cells_dir)):
+            with results.atomic_path(folder / name) as tmp:
+                frame.to_parquet(tmp, index=False)
+
+    def write_manifest(self, manifest: dict) -> None:
+        results.write_json(manifest, self.root / "manifest.json")
+
+    def manifest(self) -> dict:
+        try:
+            return json.loads((self.root / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _read_parts(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def is_store(folder: Path) -> bool:
+    return (Path(folder) / "cells").is_dir() and (Path(folder) / "manifest.json").exists()
+
+
+# --- executors ------------------------------------------------------------------------------
+
+
+@dataclass
+class Executor:
+    """Where populations run: in-process (workers None), N local processes, or Dask (`dask`:
+    'local' for a LocalCluster of `workers` processes, or a scheduler's address; `client`: a
+    distributed.Client of your own)."""
+
+    workers: int | None = None
+    dask: str | None = None
+    client: Any = None
+    gpus: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES per local worker
+
+    def check(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise OptbenchError(f"invalid --workers {self.workers} (must be >= 1)")
+        if self.dask is not None and self.dask != "local" and not re.match(r"^(tcp|tls|inproc|ucx)://", self.dask):
+            raise OptbenchError(f"invalid --dask {self.dask!r} (local, or a scheduler address such as tcp://HOST:8786)")
+
+    @property
+    def label(self) -> str:
+        if self.client is not None or self.dask:
+            return f"dask {self.dask or 'client'}"
+        return f"{self.workers} local processes" if self.workers else "in-process"
+
+    def map(self, pops: list[Population], done: Callable[[Population, dict], None]) -> None:
+        """Run every population, calling `done(population, rows)` in this process as each finishes."""
+        if not pops:
+            return
+        if self.client is not None or self.dask:
+            self._dask(pops, done)
+        elif self.workers:
+            self._processes(pops, done)
+        else:
+            for population in pops:
+                done(population, run_population(population))
+
+    def _processes(self, pops, done) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")  # Numba's threads and fork do not mix
+        queue = context.Queue()
+        for gpu in self.gpus:
+            queue.put(gpu)
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin_gpu,
+                                 initargs=(queue if self.gpus else None,)) as pool:
+            futures = {pool.submit(run_population, p): p for p in pops}
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _dask(self, pops, done) -> None:
+        try:
+            from distributed import Client, LocalCluster, as_completed
+        except ImportError:
+            raise OptbenchError("--dask needs dask: pip install 'optbench[dask]'") from None
+        client, cluster = self.client, None
+        try:
+            if client is None and self.dask == "local":
+                cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+                client = Client(cluster)
+            elif client is None:
+                client = _connect(self.dask)
+            futures = {client.submit(run_population, p, key=f"optbench-population-{p.id}", pure=False): p for p in pops}
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                client.cancel(list(futures))
+                raise
+        finally:
+            if self.client is None and client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _pin_gpu(queue) -> None:
+    if queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+def _connect(address: str, timeout: float = 8.0):
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s")
+    except (OSError, TimeoutError) as exc:
+        raise OptbenchError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({type(exc).__name__})") from None
+
+
+# --- a whole sweep --------------------------------------------------------------------------
+
+
+@dataclass
+class SweepProgress:
+    total: int  # cells in the sweep
+    skipped: int  # already in the store
+    done: int  # run now
+    workers: dict[str, int]  # cells per worker
+
+
+def plan(sweep: SweepFile, store: Store) -> tuple[list[Cell], list[Population]]:
+    """Every cell, and the populations of those not yet in the store."""
+    data = sweep.data
+    cells = expand(sweep)
+    finished = store.finished() if store.cells_dir.is_dir() else set()
+    todo = [c for c in cells if c.id not in finished]
+    return cells, populations(todo, data.get("population", DEFAULT_POPULATION), data.get("device", "cpu"),
+                              data.get("threads", 1))
+
+
+def run_sweep(sweep: SweepFile, out: Path, executor: Executor | None = None,
+              on_population: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
+    """Run the cells of `sweep` missing from the store at `out`, writing each population as it
+    finishes; return the counts. Ctrl-C (or SIGTERM) stops it with every finished cell kept and
+    the manifest marked interrupted."""
+    from optbench import __version__
+    from optbench.backend import cpu_facts
+    from optbench.experiment import git_commit
+
+    executor = executor or Executor()
+    executor.check()
+    store = Store(out)
+    store.prepare()
+    cells, pops = plan(sweep, store)
+    progress = SweepProgress(len(cells), len(cells) - sum(len(p.cells) for p in pops), 0, {})
+    manifest = {"kind": "sweep", "optbench": __version__, "sweep_file": str(sweep.path), "sweep": sweep.data,
+                "command": sys.argv, "executor": executor.label, "cells": progress.total, "status": "running",
+                "started": datetime.now().isoformat(timespec="seconds"), "device": cpu_facts(), "git_commit": git_commit()}
+    store.write_manifest(manifest)
+
+    def done(population: Population, rows: dict) -> None:
+        store.write(population.id, rows)
+        progress.done += len(population.cells)
+        progress.workers[rows["worker"]] = progress.workers.get(rows["worker"], 0) + len(population.cells)
+        if on_population:
+            on_population(progress)
+
+    status = "interrupted"
+    try:
+        executor.map(pops, done)
+        status = "finished"
+    finally:
+        manifest.update(status=status, written=datetime.now().isoformat(timespec="seconds"),
+                        finished_cells=progress.skipped + progress.done)
+        store.write_manifest(manifest)
+    return progress
+
+
+# --- reading a store back -------------------------------------------------------------------
+
+AGGREGATE_COLUMNS = ["problem", "optimizer", "lr", "schedule", "seeds", "finished", "diverged", "metric",
+                     "metric_median", "metric_min", "metric_max", "reached", "steps_to_target_median"]
+
+
+def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per problem, optimizer, lr and schedule over seeds (and starts): the final loss
+    (surfaces) or final test accuracy (MNIST), its median and range, how many reached the target
+    and their median steps to it; best first within each problem."""
+    rows = []
+    for (problem, optimizer, lr, schedule), group in cells.groupby(["problem", "optimizer", "lr", "schedule"], sort=False):
+        surface = group["kind"].iloc[0] == "surface"
+        metric = "final_loss" if surface else "final_test_acc"
+        ok = ~group["diverged"].astype(bool)
+        values = pd.to_numeric(group[metric], errors="coerce").where(ok)
+        steps = pd.to_numeric(group["steps_to_tol" if surface else "steps_to_target"], errors="coerce")
+        rows.append({"problem": problem, "optimizer": optimizer, "lr": lr, "schedule": schedule, "seeds": len(group),
+                     "finished": int((group["status"] == "finished").sum()), "diverged": int((~ok).sum()),
+                     "metric": metric, "metric_median": values.median(), "metric_min": values.min(),
+                     "metric_max": values.max(), "reached": int(steps.notna().sum()),
+                     "steps_to_target_median": steps.median()})
+    frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
+    if not len(frame):
+        return frame
+    # Best first per problem: most reached, then the metric (low loss, high accuracy).
+    frame["_sign"] = np.where(frame["metric"] == "final_loss", 1.0, -1.0)
+    frame["_key"] = frame["_sign"] * frame["metric_median"]
+    order = frame.sort_values(["problem", "reached", "_key"], ascending=[True, False, True], kind="stable",
+                              na_position="last").index
+    return frame.loc[order].drop(columns=["_sign", "_key"]).reset_index(drop=True)
