@@ -1,0 +1,336 @@
+"""`optbench sweep`: sweep files, cells named by their specification, a resumable store, and the
+same results bitwise from every executor, a worker killed mid-sweep included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from optbench import sweep
+from optbench.cli import app
+from optbench.errors import OptbenchError
+from optbench.optimizers import select_contenders
+from optbench.surface_run import run_surface
+from optbench.surfaces import get_surface
+
+runner = CliRunner()
+
+SURFACES = """
+name = "t"
+optimizers = ["sgd", "adam", "momentum"]
+hp = ["momentum.momentum=0.95"]  # sgd has `momentum` too: name the optimizer
+lrs = [0.01, 0.1]
+seeds = 2
+population = 8
+
+[[problems]]
+kind = "surface"
+surface = "rosenbrock"
+starts = "grid:2"
+noise = 0.1
+steps = 300
+
+[[problems]]
+kind = "surface"
+surface = "bowl"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# Wall-clock measurements: the only columns that differ from one run to the next.
+TIMES = ["mean_epoch_seconds", "samples_per_s", "seconds_to_target", "seconds_to_loss", "epoch_seconds"]
+
+
+def stored(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The store's cells and curves in a canonical order, without the population names (which
+    depend on how the cells were cut into populations, not on the results) and the timings."""
+    store = sweep.Store(folder)
+    cells = store.cells().drop(columns=["population", *TIMES], errors="ignore").sort_values("cell").reset_index(drop=True)
+    curves = store.curves().drop(columns=["population", *TIMES], errors="ignore")
+    curves = curves.sort_values(["cell", *[c for c in ("step", "iteration") if c in curves.columns]]).reset_index(drop=True)
+    return cells, curves
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    cells_a, curves_a = stored(a)
+    cells_b, curves_b = stored(b)
+    pd.testing.assert_frame_equal(cells_a, cells_b, check_exact=True)
+    pd.testing.assert_frame_equal(curves_a, curves_b, check_exact=True)
+
+
+# --- the sweep file -------------------------------------------------------------------------
+
+
+def test_a_sweep_expands_to_every_cell_once_and_packs_populations(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    cells = sweep.expand(spec)
+    # rosenbrock: 3 optimizers x 2 lrs x 4 starts x 2 seeds; bowl: 3 x 2 x 1 x 2.
+    assert len(cells) == 48 + 12 and len({c.id for c in cells}) == 60
+    momentum = next(c for c in cells if c.optimizer == "momentum")
+    assert momentum.hparams == {"momentum": 0.95} and momentum.problem["noise"] == 0.1
+    pops = sweep.populations(cells, 8)
+    assert [len(p.cells) for p in pops] == [8] * 6 + [8, 4]
+    assert all(len({c.problem_id for c in p.cells}) == 1 for p in pops)
+    assert sorted(c.id for p in pops for c in p.cells) == sorted(c.id for c in cells)
+
+
+def test_a_cell_is_named_by_its_whole_specification(tmp_path):
+    before = {c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, SURFACES)))}
+    assert before == {c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, SURFACES, "same.toml")))}
+    # A changed momentum makes new momentum cells and leaves the others as they were.
+    changed = sweep.expand(sweep.load_sweep(write(tmp_path, SURFACES.replace("momentum.momentum=0.95", "momentum.momentum=0.9"), "m.toml")))
+    kept = {c.id for c in changed if c.optimizer != "momentum"}
+    new = {c.id for c in changed if c.optimizer == "momentum"}
+    assert kept <= before and not (new & before)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('optimizers = ["adam"]\nwarmup = 3\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:2: unknown key 'warmup'"),
+    ('seeds = "three"\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for seeds"),
+    ('optimizers = ["adam", "adamz"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: .*adamz"),
+    ('[[problems]]\nkind = "surface"\nsurface = "bowl"\n[[problems]]\nkind = "mnist"\nbatch_size = -4\n',
+     r"sweep.toml:6: bad value for batch_size"),
+    ('[[problems]]\nkind = "surface"\nsurface = "bowlz"\n', r"sweep.toml:2: unknown surface 'bowlz'"),
+    ('hp = ["betaz=3"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: --hp betaz"),
+    ('lrs = [0.1, -1]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for lrs"),
+    ('name = "x"\n', r"needs at least one \[\[problems\]\]"),
+    ('name = "x\n', r"not valid TOML"),
+])
+def test_bad_sweep_files_name_the_file_the_key_and_the_line_and_write_nothing(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(OptbenchError, match=message):
+        sweep.load_sweep(path)
+    out = tmp_path / "store"
+    r = runner.invoke(app, ["sweep", str(path), "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not out.exists(), r.output
+
+
+def test_bad_executor_options_are_refused_before_anything_is_written(tmp_path):
+    path = write(tmp_path, SURFACES)
+    for args, message in [(["--workers", "0"], "--workers 0"), (["--dask", "nowhere"], "--dask"),
+                          (["--dask", "tcp://h:1", "--workers", "2"], "not with a scheduler address")]:
+        r = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "store"), *args])
+        assert r.exit_code == 2 and message in r.output and not (tmp_path / "store").exists(), r.output
+
+
+def test_an_unreachable_scheduler_fails_in_one_line_within_ten_seconds(tmp_path):
+    pytest.importorskip("distributed")
+    started = time.monotonic()
+    r = runner.invoke(app, ["sweep", str(write(tmp_path, SURFACES)), "--out", str(tmp_path / "store"),
+                            "--dask", "tcp://127.0.0.1:9"])
+    assert time.monotonic() - started < 10.5
+    assert r.exit_code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def test_a_surface_cell_is_the_run_optbench_surface_makes(tmp_path):
+    # Oracle: the same member run by `optbench surface`'s core, from the same start and seed.
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    sweep.run_sweep(spec, tmp_path / "store")
+    cells, curves = stored(tmp_path / "store")
+    assert len(cells) == 60 and cells["status"].isin(["finished", "diverged"]).all()
+    row = cells[(cells["optimizer"] == "adam") & (cells["lr"] == 0.1) & (cells["problem"].str.startswith("rosenbrock"))].iloc[0]
+    alone = run_surface(get_surface("rosenbrock"), select_contenders(["adam"], [], points=True), steps=300, lrs=[0.1],
+                        start=(row["start_x"], row["start_y"]), noise=0.1, seeds=[int(row["seed"])]).summary.iloc[0]
+    assert row["final_loss"] == alone["final_loss"] and row["final_x"] == alone["final_x"]
+    path = curves[curves["cell"] == row["cell"]]
+    assert path["step"].tolist() == list(range(301)) and path["loss"].iloc[-1] == alone["final_loss"]
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["cells"] == 60 and manifest["kind"] == "sweep"
+    assert len(pd.read_parquet(tmp_path / "store" / "cells")) == 60  # pandas reads the store directly
+
+
+def test_rerunning_skips_finished_cells_and_runs_only_what_is_missing(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    full = tmp_path / "full"
+    sweep.run_sweep(spec, full)
+    again = sweep.run_sweep(spec, full)
+    assert (again.skipped, again.done) == (60, 0)
+    # A crash after a population's curves but before its cells: the cells are missing, the curves
+    # an orphan. The rerun drops the orphan, runs just those cells, and the store is whole again.
+    parts = sorted((full / "cells").glob("part-*.parquet"))
+    lost = len(pd.read_parquet(parts[0]))
+    parts[0].unlink()
+    resumed = sweep.run_sweep(spec, full)
+    assert (resumed.skipped, resumed.done) == (60 - lost, lost)
+    undisturbed = tmp_path / "undisturbed"
+    sweep.run_sweep(spec, undisturbed)
+    assert_same_store(full, undisturbed)
+    assert sweep.Store(full).cells()["cell"].is_unique
+
+
+def test_ctrl_c_keeps_every_finished_population_and_marks_the_sweep_interrupted(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+
+    def interrupt(progress):
+        if progress.done >= 16:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, tmp_path / "store", on_population=interrupt)
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["finished_cells"] == 16
+    assert len(sweep.Store(tmp_path / "store").cells()) == 16
+    assert sweep.run_sweep(spec, tmp_path / "store").done == 44
+
+
+def test_every_executor_gives_the_same_store_bitwise(tmp_path):
+    pytest.importorskip("distributed")
+    path = write(tmp_path, SURFACES)
+    for args, folder in [([], "inproc"), (["--workers", "2"], "procs"), (["--dask", "local", "--workers", "2"], "dask")]:
+        r = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / folder), "-q", *args])
+        assert r.exit_code == 0, r.output
+    assert_same_store(tmp_path / "inproc", tmp_path / "procs")
+    assert_same_store(tmp_path / "inproc", tmp_path / "dask")
+
+
+MNIST = """
+optimizers = ["adam", "sgd"]
+lrs = [0.001, 0.01]
+seeds = 2
+population = 4
+
+[[problems]]
+kind = "mnist"
+hidden = [32]
+batch_size = 64
+iterations = 40
+eval_every = 20
+train_size = 2000
+test_size = 500
+target = 50
+"""
+
+
+def test_mnist_cells_train_alike_in_process_and_on_dask(tmp_path):
+    pytest.importorskip("distributed")
+    from optbench import datasets
+
+    try:
+        datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+    spec = sweep.load_sweep(write(tmp_path, MNIST))
+    sweep.run_sweep(spec, tmp_path / "inproc")
+    sweep.run_sweep(spec, tmp_path / "dask", sweep.Executor(workers=2, dask="local"))
+    assert_same_store(tmp_path / "inproc", tmp_path / "dask")
+    cells, curves = stored(tmp_path / "inproc")
+    assert len(cells) == 8 and (cells["status"] == "finished").all()
+    assert (cells[cells["optimizer"] == "adam"]["final_test_acc"] > 0.5).all()  # far above chance (10 %)
+    assert sorted(curves["iteration"].unique()) == [20, 40] and len(curves) == 16
+
+
+def _slow_sweep(tmp_path: Path) -> Path:
+    # Eight populations of about half a second each: long enough to kill a worker in the middle.
+    return write(tmp_path, """
+        optimizers = ["sgd", "adam"]
+        lrs = [0.0001, 0.0002]
+        seeds = [0, 1]
+        population = 1
+
+        [[problems]]
+        kind = "surface"
+        surface = "rosenbrock"
+        steps = 30000
+        noise = 0.01
+    """)
+
+
+def test_a_worker_killed_mid_sweep_has_its_populations_rerun_elsewhere(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    spec = sweep.load_sweep(_slow_sweep(tmp_path))
+    sweep.run_sweep(spec, tmp_path / "undisturbed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        killed = []
+
+        def kill_one(progress):
+            if not killed:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+        result = sweep.run_sweep(spec, tmp_path / "disturbed", sweep.Executor(client=client), kill_one)
+    assert killed and result.done == 8
+    cells = sweep.Store(tmp_path / "disturbed").cells()
+    assert len(cells) == 8 and cells["cell"].is_unique  # every cell exactly once
+    assert_same_store(tmp_path / "disturbed", tmp_path / "undisturbed")
+
+
+def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(tmp_path):
+    path = _slow_sweep(tmp_path)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "optbench", "sweep", str(path), "--out", str(store), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((store / "cells").glob("part-*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    manifest = json.loads((store / "manifest.json").read_text())
+    kept = len(sweep.Store(store).cells())
+    assert manifest["status"] == "interrupted" and 1 <= kept < 8
+    assert sweep.run_sweep(sweep.load_sweep(path), store).done == 8 - kept
+
+
+def test_report_and_profile_read_a_store(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    sweep.run_sweep(spec, tmp_path / "store")
+    r = runner.invoke(app, ["report", str(tmp_path / "store")])
+    assert r.exit_code == 0 and "60 of 60 cells (finished)" in r.output, r.output
+    r = runner.invoke(app, ["profile", str(tmp_path / "store"), "--out", str(tmp_path), "-q"])
+    assert r.exit_code == 0, r.output
+    costs = pd.read_csv(tmp_path / "profile" / "costs.csv")
+    # Four rosenbrock starts and the bowl's one; each optimizer at its best lr, median over seeds.
+    assert len(costs) == 5 and set(costs.columns) == {"problem", "sgd", "adam", "momentum"}
+    cells = sweep.Store(tmp_path / "store").cells()
+    bowl = cells[cells["problem"].str.startswith("bowl") & (cells["optimizer"] == "momentum")]
+    expected = bowl["steps_to_tol"].astype(float).groupby(bowl["lr"]).median().min()
+    assert costs[costs["problem"].str.startswith("bowl")]["momentum"].iloc[0] == expected == 113
+    assert costs[costs["problem"].str.startswith("bowl")]["sgd"].iloc[0] == np.inf  # never within tolerance
+    r = runner.invoke(app, ["report", "--html", str(tmp_path / "store"), "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "By problem, optimizer, lr and schedule" in (tmp_path / "report.html").read_text()
+
+
+def test_lrs_tune_expands_to_each_problems_tuning_grid(tmp_path):
+    from optbench.experiment import TUNE_FACTORS, default_lr
+    from optbench.optimizers import OPTIMIZERS
+    from optbench.trajectories import TUNE_GRID
+
+    spec = sweep.load_sweep(write(tmp_path, """
+        optimizers = ["adam", "muon"]
+        lrs = "tune"
+        [[problems]]
+        kind = "surface"
+        surface = "bowl"
+        [[problems]]
+        kind = "mnist"
+        epochs = 1
+    """))
+    cells = sweep.expand(spec)
+    surface = [c for c in cells if c.problem["kind"] == "surface"]
+    mnist = [c for c in cells if c.problem["kind"] == "mnist"]
+    assert [c.lr for c in surface] == list(TUNE_GRID)  # muon updates matrices: no surface cells
+    assert [c.lr for c in mnist if c.optimizer == "adam"] == [default_lr("adam", OPTIMIZERS["adam"]) * f for f in TUNE_FACTORS]
+    assert {c.optimizer for c in mnist} == {"adam", "muon"}
