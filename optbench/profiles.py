@@ -150,7 +150,17 @@ def _sweep_problems(cells: pd.DataFrame, cost: str):
         column = "steps_to_target" if cost == "steps" else "seconds_to_target"
         frame = mnist.assign(_cost=pd.to_numeric(mnist[column], errors="coerce").astype(float).fillna(np.inf))
         for name, group in frame.groupby("problem", sort=False):
-            yield name, _best_over_settings(group)
+            yield name, _chosen_by_validation(group) if group["final_val_acc"].notna().any() else _best_over_settings(group)
+
+
+def _chosen_by_validation(group: pd.DataFrame) -> pd.Series:
+    """With a validation split, each optimizer's lr and schedule are chosen by the median final
+    validation accuracy over seeds (never by the test set), and its cost is taken there."""
+    settings = group.groupby(["optimizer", "lr", "schedule"], sort=False).agg(
+        val=("final_val_acc", "median"), cost=("_cost", "median")).reset_index()
+    best = settings.sort_values(["optimizer", "val"], ascending=[True, False], kind="stable").groupby(
+        "optimizer", sort=False).head(1)
+    return best.set_index("optimizer")["cost"].replace(np.inf, np.nan)
 
 
 def _best_over_settings(group: pd.DataFrame) -> pd.Series:

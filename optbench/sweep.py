@@ -277,6 +277,10 @@ def expand(sweep: SweepFile) -> list[Cell]:
                           "decay_fraction": schedule.decay_fraction})
     cells = []
     for i, raw in enumerate(data["problems"]):
+        if data.get("lrs") == "tune" and raw.get("kind") == "mnist" and "validation" not in raw:
+            from optbench.experiment import TUNE_VALIDATION
+
+            raw = {**raw, "validation": TUNE_VALIDATION}  # a tuning grid is judged on validation, never the test set
         try:
             problem, starts = _problem(raw)
         except OptbenchError as exc:
