@@ -160,9 +160,10 @@ def surface_command(
                 result = surface_run.run_surface(surface, contenders, steps=steps, lrs=lrs, start=start, tune=tune,
                                                  schedule=lr_schedule, tol=tol, noise=noise,
                                                  seeds=range(seed, seed + seeds),
-                                                 starts=surface_run.grid_starts(surface, grid) if grid else None)
+                                                 starts=surface_run.grid_starts(surface, grid) if grid else None,
+                                                 trajectories=keep_trajectories or ((plot or animate) and not grid))
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate,
-                                                         trajectories=keep_trajectories)
+                                                         trajectories=keep_trajectories or ((plot or animate) and not grid))
                 written.append((result, files))
                 progress.advance(task)
     except KeyboardInterrupt:
@@ -172,7 +173,7 @@ def surface_command(
         return
     for result, files in written:
         first = result.summary.iloc[0]
-        steps_run = int(result.trajectories["step"].max())
+        steps_run = result.config["steps_run"]
         where = f"{grid} x {grid} starts" if grid else f"({first['start_x']:g}, {first['start_y']:g})"
         title = f"{result.surface.name}: {steps_run} steps from {where}"
         if tune:
@@ -366,9 +367,11 @@ def report_command(
             raise OptbenchError("give sweep stores or MNIST run folders, not both (or use --html)")
         for store in stores:
             manifest = sweep.Store(store).manifest()
-            cells = sweep.Store(store).cells()
+            cells, older = sweep.current_cells(sweep.Store(store))
             console.print(tables.sweep_aggregate(sweep.aggregate(cells), f"{store.name}: {len(cells)} of "
                                                  f"{manifest.get('cells', '?')} cells ({manifest.get('status', '?')})"))
+            if older:
+                console.print(f"[dim]{older} cells of earlier versions of the sweep file are in the store too, left out[/]")
         return
     curves, epochs, summary, metas = runs.read_runs(runs_)
     for folder, meta in zip(runs_, metas):
@@ -394,7 +397,7 @@ def profile_command(
     cost: Annotated[str, typer.Option("--cost", help="steps or seconds (MNIST runs only) to the target.")] = "steps",
     r_max: Annotated[float, typer.Option("--r-max", help="Profiles drawn and integrated for tau in [1, r_max].")] = 4.0,
     opt: OptOption = None,
-    fn: Annotated[Optional[list[str]], typer.Option("--fn", "-f", help="The set's surfaces, repeatable (default: every surface with a minimum).")] = None,
+    fn: Annotated[Optional[list[str]], typer.Option("--fn", "-f", help="The set's surfaces, repeatable, or none (default: every surface with a minimum).")] = None,
     starts: Annotated[str, typer.Option("--starts", help="The set's start points per surface, grid:N.")] = "grid:5",
     dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="The set's data sets, repeatable: mnist, fashion, none (default: both).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="The set's MNIST seeds at each tuned lr.")] = 5,
@@ -419,7 +422,8 @@ def profile_command(
         return
     datasets_ = [d for d in (dataset or list(problem_set.DATASETS)) if d != "none"]
     plan = problem_set.ProblemSet(
-        optimizers=opt or ["all"], surfaces=fn or problem_set.bounded_surfaces(), grid=surface_run.parse_starts(starts),
+        optimizers=opt or ["all"], surfaces=[f for f in fn if f != "none"] if fn else problem_set.bounded_surfaces(),
+        grid=surface_run.parse_starts(starts),
         tune=tune, datasets=datasets_, seeds=seeds, epochs=epochs, eval_every=eval_every, train_size=train_size,
         test_size=test_size)
     if r_max <= 1:
@@ -514,7 +518,7 @@ def sweep_command(
 
     def landed(state) -> None:
         progress.update(task, total=state.total - state.skipped, completed=state.done)
-        if verbose and not quiet:
+        if verbose and not quiet and state.done:
             counts = ", ".join(f"{w}: {n}" for w, n in sorted(state.workers.items()))
             progress.console.print(f"[dim]{state.done}/{state.total - state.skipped} cells ({escape(counts)})[/]")
 

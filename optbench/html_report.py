@@ -42,11 +42,11 @@ document.querySelectorAll("table.sortable th").forEach(function (th) {
       return v === null ? cell.textContent : v;
     };
     var rows = Array.prototype.slice.call(body.rows);
-    var numeric = rows.every(function (r) { var k = key(r); return k === "" || !isNaN(parseFloat(k)); });
+    var numeric = rows.every(function (r) { var k = key(r); return k === "" || isFinite(Number(k)); });
     rows.sort(function (a, b) {
       var x = key(a), y = key(b);
       if (x === "" || y === "") { return (x === "") - (y === ""); }  // empty cells last either way
-      var c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+      var c = numeric ? Number(x) - Number(y) : x.localeCompare(y);
       return up ? c : -c;
     });
     rows.forEach(function (r) { body.appendChild(r); });
@@ -147,9 +147,11 @@ def _tables(folder: Path, kind: str) -> list[str]:
     if kind == "sweep":
         from optbench import sweep
 
-        cells = sweep.Store(folder).cells()
+        cells, older = sweep.current_cells(sweep.Store(folder))
+        if older:
+            parts.append(f'<p class="note">{older} cells of earlier versions of the sweep file are in the store too, left out.</p>')
         parts.append(_table(sweep.aggregate(cells), "By problem, optimizer, lr and schedule, over seeds and starts"))
-        parts.append(_details(_table(cells, None), f"Every cell ({len(cells)} rows)"))
+        parts.append(_details(_table(cells, None, "the store"), f"Every cell ({len(cells)} rows)"))
         return parts
     if kind == "profile":
         scores = csv("scores.csv")
@@ -226,7 +228,7 @@ def _figure(path: Path) -> str:
             f"<figcaption>{_e(path.name)}</figcaption></figure>")
 
 
-def _table(frame: pd.DataFrame | None, caption: str | None) -> str:
+def _table(frame: pd.DataFrame | None, caption: str | None, source: str = "the CSV") -> str:
     """A sortable table: each cell shows a rounded number and keeps the exact one to sort by."""
     if frame is None:
         return ""
@@ -239,7 +241,7 @@ def _table(frame: pd.DataFrame | None, caption: str | None) -> str:
     for i, record in enumerate(shown.itertuples(index=False)):
         cells = "".join(_cell(v) for v in record)
         rows.append(f'<tr class="bad">{cells}</tr>' if bad is not None and bool(bad.iloc[i]) else f"<tr>{cells}</tr>")
-    note = f'<p class="note">First {MAX_ROWS} of {len(frame)} rows; the CSV has them all.</p>' if cut else ""
+    note = f'<p class="note">First {MAX_ROWS} of {len(frame)} rows; {source} has them all.</p>' if cut else ""
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
     return f'<table class="sortable">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}'
 

@@ -79,7 +79,7 @@ class ProblemSet:
                 on_surface(name)
             surface = surface_run.get_surface(name)
             result = surface_run.run_surface(surface, contenders, starts=surface_run.grid_starts(surface, self.grid),
-                                             tune=self.tune)
+                                             tune=self.tune, trajectories=False)
             folders.append(surface_run.write_surface_result(result, out, trajectories=False)[0].parent)
         for experiment in self.experiments():
             folder = Path(out) / "mnist" / experiment.problem.dataset

@@ -72,7 +72,7 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
 
     for folder in map(Path, folders):
         if sweep.is_store(folder):
-            for problem, best in _sweep_problems(sweep.Store(folder).cells(), cost):
+            for problem, best in _sweep_problems(sweep.labelled(sweep.current_cells(sweep.Store(folder))[0]), cost):
                 _add(columns, problem, best)
             continue
         path = folder / "summary.csv"
@@ -128,8 +128,8 @@ def _surface_problems(folder: Path, summary: pd.DataFrame):
 
 
 def _sweep_problems(cells: pd.DataFrame, cost: str):
-    """A sweep store's problems: each surface problem from each start, each MNIST problem; an
-    optimizer's cost is the median over seeds of its steps (or seconds) to the target at its best
+    """A sweep store's problems (`labelled` cells of its current sweep): each surface problem
+    from each start, each MNIST problem; an optimizer's cost is the median over seeds of its steps (or seconds) to the target at its best
     lr and schedule. A start already within the tolerance is no problem."""
     if not len(cells):
         return
@@ -140,8 +140,8 @@ def _sweep_problems(cells: pd.DataFrame, cost: str):
     if len(surface):
         steps = pd.to_numeric(surface["steps_to_tol"], errors="coerce").astype(float).fillna(np.inf)
         frame = surface.assign(_cost=steps)
-        keys = ["problem", "start_x", "start_y"]
-        for (name, x, y), group in frame.groupby(keys, sort=False):
+        keys = ["problem_id", "problem", "start_x", "start_y"]
+        for (_, name, x, y), group in frame.groupby(keys, sort=False):
             best = _best_over_settings(group)
             if (best == 0).all():
                 continue
@@ -149,7 +149,7 @@ def _sweep_problems(cells: pd.DataFrame, cost: str):
     if len(mnist):
         column = "steps_to_target" if cost == "steps" else "seconds_to_target"
         frame = mnist.assign(_cost=pd.to_numeric(mnist[column], errors="coerce").astype(float).fillna(np.inf))
-        for name, group in frame.groupby("problem", sort=False):
+        for (_, name), group in frame.groupby(["problem_id", "problem"], sort=False):
             yield name, _chosen_by_validation(group) if group["final_val_acc"].notna().any() else _best_over_settings(group)
 
 

@@ -125,11 +125,13 @@ def run_surface(
     noise: float = 0.0,
     seeds: Sequence[int] = (0,),
     starts: Sequence[tuple[float, float]] | None = None,
+    trajectories: bool = True,
 ) -> SurfaceResult:
     """Run every member (`surface_members`) on `surface` as one population, with gradient noise
     of std `noise` drawn per seed; with `tune`, each optimizer at the lr of TUNE_GRID with the
     lowest final loss on the first seed instead (`tune_lr`; from a grid of `starts`, the lowest
-    median over them), then over every seed."""
+    median over them), then over every seed. `trajectories=False` keeps no trajectory rows (the
+    summary is complete without them)."""
     check_lrs(lrs, tune)
     steps = steps or surface.steps
     members = surface_members(surface, contenders, lrs, start, seeds, starts)
@@ -147,16 +149,17 @@ def run_surface(
                 chosen[m.optimizer] = float(TUNE_GRID[best])
         members = [replace(m, lr=chosen[m.optimizer]) for m in members]
     batch = run_members(surface, members, steps, schedule, noise)
-    trajectories = [trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)]
+    # Every step of every member as rows: for a large grid of starts, far more memory than the run.
+    paths = [trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)] if trajectories else []
     return SurfaceResult(
         surface,
-        pd.concat(trajectories, ignore_index=True),
+        pd.concat(paths, ignore_index=True) if paths else pd.DataFrame(columns=TRAJECTORY_COLUMNS),
         sort_summary(summary_frame(surface, members, batch, schedule, tol)),
         pd.concat(tunings, ignore_index=True) if tunings else None,
         {"surface": surface.name, "formula": surface.formula, "steps": steps, "starts": len(points),
          "start": list(points[0]) if len(points) == 1 else None, "lrs": list(lrs), "tune": tune,
          "schedule": schedule.label(), "tol": tol, "noise": noise, "seeds": list(seeds),
-         "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams} for c in contenders}},
+         "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams} for c in contenders}, "steps_run": steps},
     )
 
 
@@ -309,7 +312,7 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     """
     folder = results.prepare_dir(Path(out) / "surface" / result.surface.name)
     grid = several_starts(result.summary)
-    written = [results.write_csv(result.trajectories, folder / "trajectories.csv")] if trajectories else []
+    written = [results.write_csv(result.trajectories, folder / "trajectories.csv")] if trajectories and len(result.trajectories) else []
     written.append(results.write_csv(result.summary, folder / "summary.csv"))
     if grid:
         written.append(results.write_csv(robustness(result.summary), folder / "robustness.csv"))

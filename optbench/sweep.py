@@ -32,6 +32,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -87,7 +88,7 @@ def _starts(v) -> bool:
         isinstance(v, list) and v and all(isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p) for p in v))
 
 
-TOP = {"name": lambda v: isinstance(v, str), "device": lambda v: v in ("cpu", "gpu", "auto"),
+TOP = {"name": lambda v: isinstance(v, str) and bool(re.fullmatch(r"[\w.+-]+", v)) and v not in (".", ".."), "device": lambda v: v in ("cpu", "gpu", "auto"),
        "optimizers": _strings, "hp": _strings, "lrs": _lrs, "seeds": _seeds, "schedules": _schedules,
        "population": _positive, "threads": _positive, "problems": lambda v: isinstance(v, list) and v}
 SURFACE = {"kind": lambda v: v == "surface", "surface": lambda v: isinstance(v, str), "starts": _starts,
@@ -102,7 +103,7 @@ MNIST = {"kind": lambda v: v == "mnist", "dataset": lambda v: isinstance(v, str)
          "data_dir": lambda v: isinstance(v, str), "shuffle": lambda v: isinstance(v, bool)}
 SCHEDULE = {"kind": lambda v: isinstance(v, str), "warmup": lambda v: _is_number(v) and v >= 0,
             "min_lr_ratio": lambda v: _is_number(v) and v >= 0, "decay_fraction": lambda v: _is_number(v) and 0 < v <= 1}
-EXPECTED = {"optimizers": "a name or a list of names", "hp": "a list of 'name=value' strings",
+EXPECTED = {"name": "a folder name (letters, digits, . _ + -)", "optimizers": "a name or a list of names", "hp": "a list of 'name=value' strings",
             "lrs": '"default", "tune" or a list of positive numbers', "seeds": "a count or a list of seeds >= 0",
             "schedules": "a list of kinds or tables", "starts": '"default", "grid:N" or a list of [x, y]',
             "hidden": "a list of positive widths", "device": '"cpu", "gpu" or "auto"', "problems": "[[problems]] tables"}
@@ -211,17 +212,27 @@ class Cell:
 
     @property
     def spec_dict(self) -> dict:
-        return {"format": STORE_FORMAT, "problem": self.problem, "optimizer": self.optimizer, "class": self.spec,
-                "hparams": self.hparams, "lr": self.lr, "schedule": self.schedule, "seed": self.seed,
+        """What names the cell: every setting that changes its result. The hyperparameters with
+        the optimizer's defaults filled in (naming the default is the same cell as leaving it
+        out); the problem without where its data lies."""
+        from optbench.optimizers import defaults_of
+
+        full = {k: v for k, v in {**defaults_of(_cls(self)), **self.hparams}.items() if k != "lr"}
+        return {"format": STORE_FORMAT, "problem": _identity(self.problem), "optimizer": self.optimizer,
+                "class": self.spec, "hparams": full, "lr": self.lr, "schedule": self.schedule, "seed": self.seed,
                 "start": list(self.start) if self.start is not None else None}
 
-    @property
+    @cached_property
     def id(self) -> str:
         return _hash(self.spec_dict)
 
-    @property
+    @cached_property
     def problem_id(self) -> str:
-        return _hash(self.problem)
+        return _hash(_identity(self.problem))
+
+
+def _identity(problem: dict) -> dict:
+    return {k: v for k, v in problem.items() if k != "data_dir"}
 
 
 def _hash(data) -> str:
@@ -257,9 +268,10 @@ def expand(sweep: SweepFile) -> list[Cell]:
 
     data = sweep.data
     names = data.get("optimizers", ["adam"])
+    pairs = data.get("hp", [])
     try:
         selected = select_optimizers([names] if isinstance(names, str) else list(names))
-        typed = resolve_hparams(selected, list(data.get("hp", [])))
+        typed = resolve_hparams(selected, [pairs] if isinstance(pairs, str) else list(pairs))
     except OptbenchError as exc:
         raise sweep.error(str(exc), "hp" if "--hp" in str(exc) else "optimizers") from None
     seeds = data.get("seeds", 1)
@@ -276,6 +288,7 @@ def expand(sweep: SweepFile) -> list[Cell]:
         schedules.append({"kind": schedule.kind, "warmup": schedule.warmup, "min_lr_ratio": schedule.min_lr_ratio,
                           "decay_fraction": schedule.decay_fraction})
     cells = []
+    device = data.get("device", "cpu")
     for i, raw in enumerate(data["problems"]):
         if data.get("lrs") == "tune" and raw.get("kind") == "mnist" and "validation" not in raw:
             from optbench.experiment import TUNE_VALIDATION
@@ -285,6 +298,8 @@ def expand(sweep: SweepFile) -> list[Cell]:
             problem, starts = _problem(raw)
         except OptbenchError as exc:
             raise sweep.error(str(exc), "kind", "problems", i) from None
+        if problem["kind"] == "mnist":
+            problem["device"] = device  # float32 on another device is another result
         for schedule in schedules:
             for label, cls in selected:
                 hparams = {k: v for k, v in typed[label].items() if k != "lr"}
@@ -322,7 +337,10 @@ def _problem(raw: dict) -> tuple[dict, list]:
     settings = {k: v for k, v in raw.items() if k not in ("kind", "target")}
     if "hidden" in settings:
         settings["hidden"] = tuple(settings["hidden"])
-    mnist = MnistProblem(**settings, target=raw["target"] / 100 if "target" in raw else None)
+    for name in ("weight_decay", "dropout"):  # 0 and 0.0 are one setting: one cell name
+        if name in settings:
+            settings[name] = float(settings[name])
+    mnist = MnistProblem(**settings, target=float(raw["target"]) / 100 if "target" in raw else None)
     mnist.check()
     problem = {"kind": "mnist", **{k: v for k, v in _problem_fields(mnist).items()}}
     return problem, [None]
@@ -456,7 +474,7 @@ def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame
     from optbench.schedules import Schedule
 
     cells = population.cells
-    settings = {k: v for k, v in cells[0].problem.items() if k != "kind"}
+    settings = {k: v for k, v in cells[0].problem.items() if k not in ("kind", "device")}
     settings["hidden"] = tuple(settings["hidden"])
     problem = MnistProblem(**settings, schedule=Schedule(**cells[0].schedule))
     members = [Member(c.optimizer, _cls(c), c.hparams, c.lr, c.seed) for c in cells]
@@ -476,6 +494,40 @@ def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 # --- the store ------------------------------------------------------------------------------
+
+
+def _schema() -> tuple[dict[str, str], dict[str, str]]:
+    """The columns and types of every cells and curves part, surface and MNIST alike: pyarrow
+    reads a folder of parts with the first part's schema, so every part has all of them."""
+    from optbench.experiment import EPOCH_COLUMNS, SUMMARY_COLUMNS
+    from optbench.surface_run import SUMMARY_COLUMNS as SURFACE_SUMMARY
+
+    text = {"cell", "problem_id", "problem", "kind", "optimizer", "hparams", "schedule", "status", "population",
+            "device", "surface"}
+    whole = {"seed", "steps", "steps_to_tol", "step", "iteration", "steps_to_target", "steps_to_loss"}
+
+    def typed(names):
+        return {n: "string" if n in text else "boolean" if n == "diverged" else "Int64" if n in whole else "float64"
+                for n in names}
+
+    head = ["cell", "problem_id", "problem", "kind", "optimizer", "hparams", "lr", "schedule", "seed", "device"]
+    cells = list(dict.fromkeys(head + [c for c in SURFACE_SUMMARY if c != "surface"] + SUMMARY_COLUMNS + ["population"]))
+    curves = list(dict.fromkeys(["cell", "step", "x", "y", "loss"] + [c for c in EPOCH_COLUMNS if c not in ("optimizer", "lr", "seed")]
+                                + ["population"]))
+    return typed(cells), typed(curves)
+
+
+def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    """`frame` with exactly the schema's columns, in order, of its types (missing ones empty)."""
+    columns = {}
+    for name, dtype in schema.items():
+        column = frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index)
+        if dtype == "Int64":
+            column = pd.to_numeric(column, errors="coerce").astype("Float64").round().astype("Int64")
+        elif dtype == "float64":
+            column = pd.to_numeric(column, errors="coerce").astype("float64")
+        columns[name] = column.astype(dtype)
+    return pd.DataFrame(columns, index=frame.index).reset_index(drop=True)
 
 
 class Store:
@@ -510,7 +562,9 @@ class Store:
     def write(self, population_id: str, rows: dict) -> None:
         """The curves, then the cells, each atomically: a cell is in the store once its row is."""
         name = f"part-{population_id}.parquet"
-        for frame, folder in ((rows["curves"], self.curves_dir), (rows["cells"], self.cells_dir)):
+        cells_schema, curves_schema = _schema()
+        for frame, folder in ((conform(rows["curves"], curves_schema), self.curves_dir),
+                              (conform(rows["cells"], cells_schema), self.cells_dir)):
             with results.atomic_path(folder / name) as tmp:
                 frame.to_parquet(tmp, index=False)
 
@@ -561,11 +615,38 @@ class Executor:
             return f"dask {self.dask or 'client'}"
         return f"{self.workers} local processes" if self.workers else "in-process"
 
+    def open(self) -> None:
+        """Reach the Dask scheduler (or start the LocalCluster) now, before anything is written:
+        an unreachable address or a missing Dask stops the sweep with nothing on disk."""
+        self._owned = []
+        if self.client is not None or not self.dask:
+            return
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise OptbenchError("--dask needs dask: pip install 'optbench[dask]'") from None
+        if self.dask == "local":
+            cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
+            self.client = Client(cluster)
+            self._owned = [self.client, cluster]
+        else:
+            self.client = _connect(self.dask)
+            self._owned = [self.client]
+
+    def close(self) -> None:
+        owned = getattr(self, "_owned", [])
+        for thing in owned:
+            thing.close()
+        if owned:
+            self.client = None
+        self._owned = []
+
     def map(self, pops: list[Population], done: Callable[[Population, dict], None]) -> None:
         """Run every population, calling `done(population, rows)` in this process as each finishes."""
         if not pops:
             return
-        if self.client is not None or self.dask:
+        if self.client is not None:
             self._dask(pops, done)
         elif self.workers:
             self._processes(pops, done)
@@ -581,42 +662,36 @@ class Executor:
         queue = context.Queue()
         for gpu in self.gpus:
             queue.put(gpu)
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin_gpu,
-                                 initargs=(queue if self.gpus else None,)) as pool:
-            futures = {pool.submit(run_population, p): p for p in pops}
-            try:
-                for future in as_completed(futures):
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin_gpu,
+                                   initargs=(queue if self.gpus else None,))
+        futures = {pool.submit(run_population, p): p for p in pops}
+        written = set()
+        try:
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+                written.add(future)
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM) or failed: keep what had finished, and stop the rest now
+            # rather than wait for populations whose results would be thrown away.
+            for future in futures:
+                if future not in written and future.done() and not future.cancelled() and future.exception() is None:
                     done(futures[future], future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     def _dask(self, pops, done) -> None:
+        from distributed import as_completed
+
+        futures = {self.client.submit(run_population, p, key=f"optbench-population-{p.id}", pure=False): p for p in pops}
         try:
-            from distributed import Client, LocalCluster, as_completed
-        except ImportError:
-            raise OptbenchError("--dask needs dask: pip install 'optbench[dask]'") from None
-        client, cluster = self.client, None
-        try:
-            if client is None and self.dask == "local":
-                cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
-                client = Client(cluster)
-            elif client is None:
-                client = _connect(self.dask)
-            futures = {client.submit(run_population, p, key=f"optbench-population-{p.id}", pure=False): p for p in pops}
-            try:
-                for future in as_completed(futures):
-                    done(futures[future], future.result())
-            except BaseException:
-                client.cancel(list(futures))
-                raise
-        finally:
-            if self.client is None and client is not None:
-                client.close()
-            if cluster is not None:
-                cluster.close()
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+        except BaseException:
+            self.client.cancel(list(futures))
+            raise
 
 
 def _pin_gpu(queue) -> None:
@@ -624,7 +699,7 @@ def _pin_gpu(queue) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
 
 
-def _connect(address: str, timeout: float = 8.0):
+def _connect(address: str, timeout: float = 6.0):
     from distributed import Client
 
     try:
@@ -657,15 +732,23 @@ def plan(sweep: SweepFile, store: Store) -> tuple[list[Cell], list[Population]]:
 def run_sweep(sweep: SweepFile, out: Path, executor: Executor | None = None,
               on_population: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
     """Run the cells of `sweep` missing from the store at `out`, writing each population as it
-    finishes; return the counts. Ctrl-C (or SIGTERM) stops it with every finished cell kept and
-    the manifest marked interrupted."""
+    finishes; return the counts (`on_population` hears them once before anything runs and
+    after each population). Ctrl-C (or SIGTERM) stops it with every finished cell kept and the
+    manifest marked interrupted."""
+    executor = executor or Executor()
+    executor.check()
+    executor.open()
+    try:
+        return _run(sweep, Store(out), executor, on_population)
+    finally:
+        executor.close()
+
+
+def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> SweepProgress:
     from optbench import __version__
     from optbench.backend import cpu_facts
     from optbench.experiment import git_commit
 
-    executor = executor or Executor()
-    executor.check()
-    store = Store(out)
     store.prepare()
     cells, pops = plan(sweep, store)
     progress = SweepProgress(len(cells), len(cells) - sum(len(p.cells) for p in pops), 0, {})
@@ -673,6 +756,8 @@ def run_sweep(sweep: SweepFile, out: Path, executor: Executor | None = None,
                 "command": sys.argv, "executor": executor.label, "cells": progress.total, "status": "running",
                 "started": datetime.now().isoformat(timespec="seconds"), "device": cpu_facts(), "git_commit": git_commit()}
     store.write_manifest(manifest)
+    if on_population:
+        on_population(progress)  # the counts before anything runs: a progress bar's total
 
     def done(population: Population, rows: dict) -> None:
         store.write(population.id, rows)
@@ -698,12 +783,43 @@ AGGREGATE_COLUMNS = ["problem", "optimizer", "lr", "schedule", "seeds", "finishe
                      "metric_median", "metric_min", "metric_max", "reached", "steps_to_target_median"]
 
 
+def labelled(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose names tell apart what ran differently: a problem name shared by two problems
+    (different tolerances, batch sizes, ...) gets its id; an optimizer that ran with several
+    sets of hyperparameters gets them ('momentum {"momentum": 0.95}')."""
+    cells = cells.copy()
+    shared = cells.groupby("problem")["problem_id"].transform("nunique") > 1
+    cells.loc[shared, "problem"] = cells.loc[shared, "problem"] + " [" + cells.loc[shared, "problem_id"].str[:6] + "]"
+    several = cells.groupby("optimizer")["hparams"].transform("nunique") > 1
+    cells.loc[several, "optimizer"] = cells.loc[several, "optimizer"] + " " + cells.loc[several, "hparams"]
+    return cells
+
+
+def current_cells(store: "Store") -> tuple[pd.DataFrame, int]:
+    """The store's cells of the sweep its manifest last ran, and how many others (from earlier
+    versions of the sweep file) it also holds."""
+    cells = store.cells()
+    data = store.manifest().get("sweep")
+    if not len(cells) or not data:
+        return cells, 0
+    try:
+        ids = {c.id for c in expand(SweepFile(Path(store.manifest().get("sweep_file", "sweep.toml")), "", data))}
+    except OptbenchError:
+        return cells, 0
+    mine = cells["cell"].isin(ids)
+    return cells[mine].reset_index(drop=True), int((~mine).sum())
+
+
 def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per problem, optimizer, lr and schedule over seeds (and starts): the final loss
     (surfaces) or final test accuracy (MNIST), its median and range, how many reached the target
     and their median steps to it; best first within each problem."""
+    if not len(cells):
+        return pd.DataFrame(columns=AGGREGATE_COLUMNS)
+    cells = labelled(cells)
     rows = []
-    for (problem, optimizer, lr, schedule), group in cells.groupby(["problem", "optimizer", "lr", "schedule"], sort=False):
+    for (_, problem, optimizer, lr, schedule), group in cells.groupby(
+            ["problem_id", "problem", "optimizer", "lr", "schedule"], sort=False):
         surface = group["kind"].iloc[0] == "surface"
         metric = "final_loss" if surface else "final_test_acc"
         ok = ~group["diverged"].astype(bool)

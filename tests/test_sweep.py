@@ -265,7 +265,7 @@ def test_a_worker_killed_mid_sweep_has_its_populations_rerun_elsewhere(tmp_path)
         killed = []
 
         def kill_one(progress):
-            if not killed:
+            if progress.done and not killed:  # after the first population landed, others in flight
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
 
@@ -334,3 +334,82 @@ def test_lrs_tune_expands_to_each_problems_tuning_grid(tmp_path):
     assert [c.lr for c in surface] == list(TUNE_GRID)  # muon updates matrices: no surface cells
     assert [c.lr for c in mnist if c.optimizer == "adam"] == [default_lr("adam", OPTIMIZERS["adam"]) * f for f in TUNE_FACTORS]
     assert {c.optimizer for c in mnist} == {"adam", "muon"}
+
+
+def test_a_mixed_store_reads_whole_with_pandas_alone_and_keeps_different_settings_apart(tmp_path):
+    from optbench import datasets
+
+    try:
+        datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+    spec = sweep.load_sweep(write(tmp_path, """
+        optimizers = ["sgd"]
+        lrs = [0.1]
+        [[problems]]
+        kind = "surface"
+        surface = "bowl"
+        [[problems]]
+        kind = "surface"
+        surface = "bowl"
+        tol = 0.1
+        [[problems]]
+        kind = "mnist"
+        hidden = [16]
+        iterations = 10
+        train_size = 1000
+        test_size = 200
+    """))
+    sweep.run_sweep(spec, tmp_path / "store")
+    # pyarrow takes a folder's schema from one part: every part carries every column.
+    cells = pd.read_parquet(tmp_path / "store" / "cells")
+    assert len(cells) == 3 and cells["final_test_acc"].notna().sum() == 1 and cells["final_loss"].notna().sum() == 2
+    curves = pd.read_parquet(tmp_path / "store" / "curves")
+    assert curves["test_acc"].notna().any() and curves["x"].notna().any()
+    # Two bowl problems that differ only in their tolerance stay two rows and two problems.
+    table = sweep.aggregate(sweep.Store(tmp_path / "store").cells())
+    bowls = table[table["problem"].str.startswith("bowl")]
+    assert len(bowls) == 2 and bowls["problem"].nunique() == 2 and (bowls["seeds"] == 1).all()
+    # From (-7, 2) SGD at lr 0.1 gets within 0.1 of the minimum in 200 steps, not within 1e-3:
+    # x_t = 0.99^t x_0 leaves a gap of 0.043.
+    assert bowls.sort_values("reached")["reached"].tolist() == [0, 1]
+
+
+def test_equal_settings_written_differently_are_one_cell(tmp_path):
+    base = 'optimizers = ["momentum"]\n{hp}\n[[problems]]\nkind = "mnist"\nweight_decay = {wd}\nepochs = 1\n'
+    ids = [{c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, base.format(hp=hp, wd=wd), f"{k}.toml")))}
+           for k, (hp, wd) in enumerate([("", "0"), ("", "0.0"), ('hp = ["momentum=0.9"]', "0")])]
+    assert ids[0] == ids[1] == ids[2]  # momentum 0.9 is the default
+    other = sweep.expand(sweep.load_sweep(write(tmp_path, base.format(hp="", wd="0") + 'data_dir = "/elsewhere"\n', "d.toml")))
+    assert {c.id for c in other} == ids[0]  # where the data lies is not a setting
+    gpu = sweep.expand(sweep.load_sweep(write(tmp_path, 'device = "gpu"\n' + base.format(hp="", wd="0"), "g.toml")))
+    assert not ({c.id for c in gpu} & ids[0])
+
+
+def test_an_unreachable_scheduler_writes_nothing_and_an_empty_store_reports_in_one_line(tmp_path):
+    pytest.importorskip("distributed")
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    with pytest.raises(OptbenchError, match="cannot reach"):
+        sweep.run_sweep(spec, tmp_path / "store", sweep.Executor(dask="tcp://127.0.0.1:9"))
+    assert not (tmp_path / "store").exists()
+    empty = tmp_path / "empty"
+    sweep.Store(empty).prepare()
+    sweep.Store(empty).write_manifest({"kind": "sweep", "status": "interrupted", "cells": 60})
+    r = runner.invoke(app, ["report", str(empty)])
+    assert r.exit_code == 0 and "0 of 60 cells (interrupted)" in r.output, r.output
+
+
+def test_sigterm_stops_local_processes_at_once_keeping_what_finished(tmp_path):
+    path = _slow_sweep(tmp_path)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "optbench", "sweep", str(path), "--out", str(store), "-q",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((store / "cells").glob("part-*.parquet")):
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - signalled < 5, err
+    kept = len(sweep.Store(store).cells())
+    assert 1 <= kept < 8 and json.loads((store / "manifest.json").read_text())["finished_cells"] == kept
