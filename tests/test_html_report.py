@@ -183,3 +183,43 @@ def test_in_a_real_headless_browser_images_decode_and_tables_sort(folders, tmp_p
     total, decoded, up, down = found.group(1).split("|")
     assert int(total) > 0 and decoded == total
     assert up.split(",") == sorted(up.split(","), key=float) and down.split(",") == up.split(",")[::-1]
+
+
+NODE_STUB = r"""
+// The page's sort script against a stub of the few DOM calls it makes.
+function cell(text, v) { return {textContent: text, getAttribute: (n) => n === "data-v" ? (v === undefined ? null : v) : null}; }
+const data = JSON.parse(process.argv[2]);
+const rows = data.map(([t, v]) => ({cells: [cell(t), cell(v, v === "" ? "" : v)]}));
+const body = {rows: rows.slice(), appendChild(r) { this.rows.splice(this.rows.indexOf(r), 1); this.rows.push(r); }};
+const heads = [0, 1].map(i => ({cellIndex: i, attrs: {}, getAttribute(n) { return n in this.attrs ? this.attrs[n] : null; },
+  setAttribute(n, v) { this.attrs[n] = v; }, removeAttribute(n) { delete this.attrs[n]; },
+  addEventListener(e, f) { this.click = f; }, closest() { return table; }}));
+const table = {tBodies: [body], querySelectorAll() { return heads; }};
+global.document = {querySelectorAll() { return heads; }};
+eval(require("fs").readFileSync(process.argv[3], "utf8"));
+const out = [];
+for (const col of [1, 1, 0]) { heads[col].click(); out.push(body.rows.map(r => r.cells[col].textContent)); }
+console.log(JSON.stringify(out));
+"""
+
+
+def test_the_sort_script_orders_numbers_by_value_text_as_text_and_empty_cells_last(tmp_path):
+    import json
+
+    from optbench.html_report import SORT_SCRIPT
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("no Node.js here to run the page's sort script outside a browser")
+    (tmp_path / "sort.js").write_text(SORT_SCRIPT)
+    (tmp_path / "stub.js").write_text(NODE_STUB)
+    # Column 0 holds hex ids (text that parseFloat would read as numbers), column 1 numbers
+    # whose text and value orders differ, an empty cell and an inf.
+    data = [["9ab01", "3"], ["10cd2", ""], ["20ff", "10"], ["1e5aa", "1e308"], ["b", "-2.5"]]
+    done = subprocess.run([node, str(tmp_path / "stub.js"), json.dumps(data), str(tmp_path / "sort.js")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    up, down, ids = json.loads(done.stdout)
+    assert up == ["-2.5", "3", "10", "1e308", ""]
+    assert down == ["1e308", "10", "3", "-2.5", ""]
+    assert ids == sorted(ids) == ["10cd2", "1e5aa", "20ff", "9ab01", "b"]
