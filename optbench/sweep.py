@@ -261,6 +261,7 @@ class Population:
         return _hash(sorted(c.id for c in self.cells))
 
 
+
 def expand(sweep: SweepFile) -> list[Cell]:
     """Every cell of the sweep, problem by problem, schedule, optimizer, lr, start, seed."""
     from optbench.optimizers import OPTIMIZERS, resolve_hparams, select_optimizers
