@@ -519,16 +519,35 @@ def _schema() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
-    """`frame` with exactly the schema's columns, in order, of its types (missing ones empty)."""
+    """`frame` with exactly the schema's columns, in order, of its types (missing ones empty);
+    a column already of its type is taken as it is (this runs once per population, in the client)."""
+    frame = frame.reset_index(drop=True)
     columns = {}
     for name, dtype in schema.items():
-        column = frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index)
-        if dtype == "Int64":
-            column = pd.to_numeric(column, errors="coerce").astype("Float64").round().astype("Int64")
+        if name not in frame.columns:
+            columns[name] = _empty(len(frame), dtype)
+            continue
+        column = frame[name]
+        if str(column.dtype) == dtype:
+            columns[name] = column
+        elif dtype == "Int64":
+            columns[name] = pd.to_numeric(column, errors="coerce").astype("Float64").round().astype("Int64")
         elif dtype == "float64":
-            column = pd.to_numeric(column, errors="coerce").astype("float64")
-        columns[name] = column.astype(dtype)
-    return pd.DataFrame(columns, index=frame.index).reset_index(drop=True)
+            columns[name] = pd.to_numeric(column, errors="coerce").astype("float64")
+        else:
+            columns[name] = column.astype(dtype)
+    return pd.DataFrame(columns)
+
+
+def _empty(n: int, dtype: str):
+    """n missing values of `dtype`, built from masks (a list of pd.NA is slow at curve lengths)."""
+    if dtype == "float64":
+        return np.full(n, np.nan)
+    if dtype == "Int64":
+        return pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
+    if dtype == "boolean":
+        return pd.arrays.BooleanArray(np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
+    return pd.Series(np.full(n, None, dtype=object), dtype=dtype).array
 
 
 class Store:
