@@ -417,6 +417,8 @@ def profile_command(
     from optbench import problem_set
 
     if folders:
+        if opt or fn or dataset:
+            raise OptbenchError("--opt, --fn and --dataset choose the problem set to run: not with run folders")
         costs = _profile_costs(folders, cost)  # a bad folder or --cost stops here, before anything is written
         _write_profile(costs, cost, r_max, out / "profile", quiet)
         return
