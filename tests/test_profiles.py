@@ -69,3 +69,22 @@ def test_profile_command_reads_surface_folders(tmp_path):
     assert scores["score"].between(0, 1).all() and (tmp_path / "profile" / "profile.png").stat().st_size > 10_000
     bad = runner.invoke(app, ["profile", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not an optbench run folder" in bad.output
+
+
+def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
+    r = CliRunner().invoke(app, ["profile", "--opt", "sgd", "--opt", "adam", "--fn", "bowl", "--fn", "double_well",
+                                 "--starts", "grid:3", "--dataset", "none", "--out", str(tmp_path), "-q"])
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "profile-set"
+    for name in ("bowl", "double_well"):
+        assert (folder / "surface" / name / "robustness.csv").exists()
+        assert (folder / "surface" / name / "tuning.csv").exists()  # each optimizer at its tuned lr
+        assert not (folder / "surface" / name / "trajectories.csv").exists()
+    costs = pd.read_csv(folder / "profile" / "costs.csv")
+    # 9 starts each; the bowl's centre is its minimum, already within tolerance: no problem.
+    assert len(costs) == 17 and set(costs.columns) == {"problem", "sgd", "adam"}
+    assert not costs["problem"].str.contains(r"bowl from \(0, 0\)", regex=True).any()
+    scores = pd.read_csv(folder / "profile" / "scores.csv")
+    assert set(scores["optimizer"]) == {"sgd", "adam"} and scores["score"].between(0, 1).all()
+    bad = CliRunner().invoke(app, ["profile", "--fn", "saddle", "--dataset", "none", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "no minimum" in bad.output
