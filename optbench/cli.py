@@ -495,6 +495,7 @@ def sweep_command(
     out: Annotated[Optional[Path], typer.Option("--out", help="The results store (default: results/sweep/<name>). Rerun to resume.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Run populations in N local processes (with --dask local: N Dask workers).")] = None,
     dask: Annotated[Optional[str], typer.Option("--dask", help="local (a LocalCluster), or a scheduler address tcp://HOST:8786.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, gpu or auto for the MNIST problems (default: the file's, else cpu).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Cells per worker as they finish.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -507,7 +508,11 @@ def sweep_command(
     executor.check()
     if workers is not None and dask is not None and dask != "local":
         raise OptbenchError("--workers sets the size of a LocalCluster: not with a scheduler address")
+    if device is not None and device not in ("cpu", "gpu", "auto"):
+        raise OptbenchError(f"invalid --device {device!r} (cpu, gpu or auto)")
     spec = sweep.load_sweep(file)
+    if device is not None:
+        spec.data["device"] = device  # the cells' names include it: another device, other cells
     if spec.data.get("device") == "gpu" and workers and not dask:
         executor.gpus = _gpu_ids(workers)
     store = out or Path("results") / "sweep" / spec.data.get("name", file.stem)

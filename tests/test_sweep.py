@@ -413,3 +413,13 @@ def test_sigterm_stops_local_processes_at_once_keeping_what_finished(tmp_path):
     assert proc.returncode == 130 and time.monotonic() - signalled < 5, err
     kept = len(sweep.Store(store).cells())
     assert 1 <= kept < 8 and json.loads((store / "manifest.json").read_text())["finished_cells"] == kept
+
+
+def test_gpu_workers_need_a_gpu_each_and_the_device_names_the_cells(tmp_path):
+    path = write(tmp_path, MNIST)
+    r = runner.invoke(app, ["sweep", str(path), "--device", "gpu", "--workers", "64", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "one worker per GPU" in r.output and not (tmp_path / "s").exists(), r.output
+    cpu = {c.id for c in sweep.expand(sweep.load_sweep(path))}
+    spec = sweep.load_sweep(path)
+    spec.data["device"] = "gpu"  # what --device gpu does
+    assert not (cpu & {c.id for c in sweep.expand(spec)})
