@@ -818,12 +818,12 @@ def labelled(cells: pd.DataFrame) -> pd.DataFrame:
 def current_cells(store: "Store") -> tuple[pd.DataFrame, int]:
     """The store's cells of the sweep its manifest last ran, and how many others (from earlier
     versions of the sweep file) it also holds."""
-    cells = store.cells()
-    data = store.manifest().get("sweep")
+    cells, manifest = store.cells(), store.manifest()
+    data = manifest.get("sweep")
     if not len(cells) or not data:
         return cells, 0
     try:
-        ids = {c.id for c in expand(SweepFile(Path(store.manifest().get("sweep_file", "sweep.toml")), "", data))}
+        ids = {c.id for c in expand(SweepFile(Path(manifest.get("sweep_file", "sweep.toml")), "", data))}
     except OptbenchError:
         return cells, 0
     mine = cells["cell"].isin(ids)
