@@ -48,31 +48,37 @@ def timed(spec, folder: Path, executor=None) -> float:
     return time.perf_counter() - started
 
 
+def side_by_side(spec, folder: Path, workers: int, repeats: int) -> tuple[list[float], list[float], float]:
+    """Interleaved in-process and Dask runs of `spec` through a LocalCluster of `workers`,
+    both warmed first (the workers import optbench and compile once); and the cluster's start-up."""
+    from distributed import Client, LocalCluster
+
+    started = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        startup = time.perf_counter() - started
+        executor = sweep.Executor(client=client)
+        timed(spec, folder / "warm-dask", executor)
+        timed(spec, folder / "warm-local")
+        local, dask = [], []
+        for k in range(repeats):
+            local.append(timed(spec, folder / f"local-{k}"))
+            dask.append(timed(spec, folder / f"dask-{k}", executor))
+    return local, dask, startup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec = sweep_file(tmp, SURFACES)
         cells = len(sweep.expand(spec))
         pops = len(sweep.populations(sweep.expand(spec), spec.data.get("population", sweep.DEFAULT_POPULATION)))
-        started = time.perf_counter()
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-        startup = time.perf_counter() - started
-        executor = sweep.Executor(client=client)
-        timed(spec, tmp / "warm-dask", executor)  # workers import optbench and compile once
-        timed(spec, tmp / "warm-local")
-        local, dask = [], []
-        for k in range(args.repeats):
-            local.append(timed(spec, tmp / f"local-{k}"))
-            dask.append(timed(spec, tmp / f"dask-{k}", executor))
-        client.close()
-        cluster.close()
+        local, dask, startup = side_by_side(spec, tmp, args.workers, args.repeats)
 
         # Overhead per task: 60 one-cell, one-step populations through one worker.
         (tmp / "tiny").mkdir()
@@ -81,16 +87,7 @@ def main() -> None:
             '["sgd", "momentum", "adam", "rmsprop"]', '["sgd"]')
         (tmp / "tiny" / "sweep.toml").write_text(text)
         tiny = sweep.load_sweep(tmp / "tiny" / "sweep.toml")
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-        one = sweep.Executor(client=client)
-        timed(tiny, tmp / "tiny-warm", one)
-        tiny_local, tiny_dask = [], []
-        for k in range(args.repeats):
-            tiny_local.append(timed(tiny, tmp / f"tiny-local-{k}"))
-            tiny_dask.append(timed(tiny, tmp / f"tiny-dask-{k}", one))
-        client.close()
-        cluster.close()
+        tiny_local, tiny_dask, _ = side_by_side(tiny, tmp / "tiny", 1, args.repeats)
 
     m_local, m_dask = statistics.median(local), statistics.median(dask)
     per_task = (statistics.median(tiny_dask) - statistics.median(tiny_local)) / 60
