@@ -32,7 +32,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -395,8 +395,19 @@ def populations(cells: list[Cell], size: int = DEFAULT_POPULATION, device: str =
 
 
 def run_population(population: Population) -> dict:
-    """Train every cell of `population`; return its rows: {'cells': DataFrame, 'curves':
-    DataFrame, 'worker': 'host:pid'}. Pure: the same population gives the same rows anywhere."""
+    """Train every cell of `population`; return its two store parts, already Parquet:
+    {'cells': bytes, 'curves': bytes, 'worker': 'host:pid'}. They are encoded where the population
+    ran, so a client serving many workers only writes bytes. Pure: the same population gives the
+    same bytes anywhere."""
+    cells, curves = train_population(population)
+    ids = {"population": population.id}
+    cells_schema, curves_schema = _arrow_schemas()
+    return {"cells": encode(cells.assign(**ids), cells_schema), "curves": encode(curves.assign(**ids), curves_schema),
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def train_population(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cells' rows and their curve points, as DataFrames."""
     from threadpoolctl import threadpool_limits
 
     import numba
@@ -406,11 +417,9 @@ def run_population(population: Population) -> dict:
     try:
         with threadpool_limits(population.threads):
             kind = population.cells[0].problem["kind"]
-            cells, curves = (_run_surface_cells if kind == "surface" else _run_mnist_cells)(population)
+            return (_run_surface_cells if kind == "surface" else _run_mnist_cells)(population)
     finally:
         numba.set_num_threads(numba_threads)
-    ids = {"population": population.id}
-    return {"cells": cells.assign(**ids), "curves": curves.assign(**ids), "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def _cell_columns(cells: list[Cell]) -> pd.DataFrame:
@@ -519,24 +528,57 @@ def _schema() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
-    """`frame` with exactly the schema's columns, in order, of its types (missing ones empty);
-    a column already of its type is taken as it is (this runs once per population, in the client)."""
+    """`frame` with exactly the schema's columns, in order, of its types (missing ones empty)."""
     frame = frame.reset_index(drop=True)
-    columns = {}
-    for name, dtype in schema.items():
-        if name not in frame.columns:
-            columns[name] = _empty(len(frame), dtype)
+    return pd.DataFrame({name: frame[name].pipe(_cast, dtype) if name in frame.columns else _empty(len(frame), dtype)
+                         for name, dtype in schema.items()})
+
+
+def _cast(column: pd.Series, dtype: str):
+    if str(column.dtype) == dtype:
+        return column
+    if dtype == "Int64":
+        return pd.to_numeric(column, errors="coerce").astype("Float64").round().astype("Int64")
+    if dtype == "float64":
+        return pd.to_numeric(column, errors="coerce").astype("float64")
+    return column.astype(dtype)
+
+
+@cache
+def _arrow_schemas():
+    """The cells and curves schemas as Arrow schemas, with the pandas metadata that makes
+    `pd.read_parquet` give back the same dtypes (string, Int64, boolean)."""
+    import pyarrow as pa
+
+    return tuple(pa.Schema.from_pandas(conform(pd.DataFrame(), schema), preserve_index=False) for schema in _schema())
+
+
+def encode(frame: pd.DataFrame, schema) -> bytes:
+    """`frame` as one Parquet file of the Arrow `schema`: the same file `conform(...).to_parquet`
+    writes, built column by column in Arrow, a quarter of the time (it runs once per population)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = frame.reset_index(drop=True)
+    arrays = []
+    for field_ in schema:
+        if field_.name not in frame.columns:
+            arrays.append(pa.nulls(len(frame), field_.type))
             continue
-        column = frame[name]
-        if str(column.dtype) == dtype:
-            columns[name] = column
-        elif dtype == "Int64":
-            columns[name] = pd.to_numeric(column, errors="coerce").astype("Float64").round().astype("Int64")
-        elif dtype == "float64":
-            columns[name] = pd.to_numeric(column, errors="coerce").astype("float64")
-        else:
-            columns[name] = column.astype(dtype)
-    return pd.DataFrame(columns)
+        column = frame[field_.name]
+        try:
+            values = column.to_numpy() if isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub" else column
+            arrays.append(pa.array(values, type=field_.type, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. fractional floats for an Int64 column
+            arrays.append(pa.array(_cast(column, _dtype(schema, field_.name)),
+                                   type=field_.type, from_pandas=True))
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _dtype(schema, name: str) -> str:
+    return next(c["numpy_type"] for c in schema.pandas_metadata["columns"] if c["name"] == name)
 
 
 def _empty(n: int, dtype: str):
@@ -579,14 +621,13 @@ class Store:
     def curves(self) -> pd.DataFrame:
         return _read_parts(self.curves_dir)
 
-    def write(self, population_id: str, rows: dict) -> None:
-        """The curves, then the cells, each atomically: a cell is in the store once its row is."""
+    def write(self, population_id: str, parts: dict) -> None:
+        """The curves, then the cells (Parquet bytes from `run_population`), each atomically:
+        a cell is in the store once its row is."""
         name = f"part-{population_id}.parquet"
-        cells_schema, curves_schema = _schema()
-        for frame, folder in ((conform(rows["curves"], curves_schema), self.curves_dir),
-                              (conform(rows["cells"], cells_schema), self.cells_dir)):
+        for data, folder in ((parts["curves"], self.curves_dir), (parts["cells"], self.cells_dir)):
             with results.atomic_path(folder / name) as tmp:
-                frame.to_parquet(tmp, index=False)
+                tmp.write_bytes(data)
 
     def write_manifest(self, manifest: dict) -> None:
         results.write_json(manifest, self.root / "manifest.json")
@@ -663,7 +704,7 @@ class Executor:
         self._owned = []
 
     def map(self, pops: list[Population], done: Callable[[Population, dict], None]) -> None:
-        """Run every population, calling `done(population, rows)` in this process as each finishes."""
+        """Run every population, calling `done(population, parts)` in this process as each finishes."""
         if not pops:
             return
         if self.client is not None:
@@ -779,10 +820,10 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
     if on_population:
         on_population(progress)  # the counts before anything runs: a progress bar's total
 
-    def done(population: Population, rows: dict) -> None:
-        store.write(population.id, rows)
+    def done(population: Population, parts: dict) -> None:
+        store.write(population.id, parts)
         progress.done += len(population.cells)
-        progress.workers[rows["worker"]] = progress.workers.get(rows["worker"], 0) + len(population.cells)
+        progress.workers[parts["worker"]] = progress.workers.get(parts["worker"], 0) + len(population.cells)
         if on_population:
             on_population(progress)
 

@@ -375,6 +375,26 @@ def test_a_mixed_store_reads_whole_with_pandas_alone_and_keeps_different_setting
     assert bowls.sort_values("reached")["reached"].tolist() == [0, 1]
 
 
+def test_a_part_encoded_in_arrow_reads_back_as_pandas_own_parquet_writer_gives_it(tmp_path):
+    # Workers encode their parts column by column in Arrow; the oracle is pandas' to_parquet of
+    # the same frame cast to the schema. Columns of the wrong type, missing values of every
+    # kind, and columns the frame lacks.
+    cells_schema, _ = sweep._schema()
+    frame = pd.DataFrame({
+        "cell": ["a", "b", None], "lr": [1, 2, 3], "seed": [0.0, np.nan, 2.0],
+        "steps_to_tol": pd.array([1, None, 3], dtype="Int64"), "diverged": [True, False, None],
+        "problem": [np.nan, np.nan, np.nan], "final_loss": ["1.5", None, "2"], "device": [1.0, 2.0, 3.0],
+        "steps": [2.6, 3.0, 4.0],
+    })
+    sweep.conform(frame, cells_schema).to_parquet(tmp_path / "pandas.parquet", index=False)
+    (tmp_path / "arrow.parquet").write_bytes(sweep.encode(frame, sweep._arrow_schemas()[0]))
+    expected = pd.read_parquet(tmp_path / "pandas.parquet")
+    got = pd.read_parquet(tmp_path / "arrow.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+    assert list(got.columns) == list(cells_schema) and got["steps"].tolist() == [3, 3, 4]
+    assert str(got["seed"].dtype) == "Int64" and str(got["cell"].dtype) == "string"
+
+
 def test_equal_settings_written_differently_are_one_cell(tmp_path):
     base = 'optimizers = ["momentum"]\n{hp}\n[[problems]]\nkind = "mnist"\nweight_decay = {wd}\nepochs = 1\n'
     ids = [{c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, base.format(hp=hp, wd=wd), f"{k}.toml")))}
