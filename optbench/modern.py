@@ -145,6 +145,9 @@ class _ScheduleFree(Optimizer):
     averaged weights x = lerp(y, z, 1 - 1/beta), which the reference's `eval()` switches to, are
     what is evaluated and reported (`evaluation_weights`)."""
 
+    # The reference takes a whole number of steps: a fraction would lift the warmup past the peak.
+    ranges = {"warmup_steps": (lambda v: v >= 0 and v == int(v), "a whole number >= 0")}
+
     def evaluation_weights(self, p, state: dict):
         """x, the averaged weights, from y (= p) and z; p itself before the first step."""
         if state["step"] == 0:

@@ -5,8 +5,12 @@ A schedule is a linear warmup from peak / W to the peak over the first W steps, 
 - `constant`: the peak to the end;
 - `cosine`: a half cosine from the peak down to `min_lr_ratio` x peak at the last step;
 - `linear`: a straight line from the peak down to `min_lr_ratio` x peak at the last step;
-- `wsd` (warmup-stable-decay): the peak until the last D = `decay_fraction` x T steps, then a
-  straight line down to `min_lr_ratio` x peak at the last step.
+- `wsd` (warmup-stable-decay): the peak until the last D = `decay_fraction` x T steps (at least
+  one), then a straight line down to `min_lr_ratio` x peak at the last step.
+
+Every decaying schedule ends at `min_lr_ratio` x peak, even when its decay is a single step (where
+PyTorch's composition below divides by zero), except a run of one step, which takes it at the
+peak. A warmup given as a fraction rounds to the nearest whole step, halves up.
 
 The factors are those of PyTorch's compositions, step for step (a test checks each): the warmup
 is `LinearLR(start_factor=1/W, total_iters=W - 1)` and the rest `CosineAnnealingLR(T_max=T - W - 1,
@@ -58,7 +62,8 @@ class Schedule:
                 )
 
     def warmup_steps(self, total_steps: int) -> int:
-        return int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
+        # A fraction rounds to the nearest step, halves up (Python's round would take 2.5 to 2).
+        return math.floor(self.warmup * total_steps + 0.5) if self.warmup < 1 else int(self.warmup)
 
     def decay_steps(self, total_steps: int) -> int:
         return max(1, int(round(self.decay_fraction * total_steps)))
@@ -77,16 +82,20 @@ class Schedule:
         if w > 0:
             out[:w] = t[:w] / w
         after = t[w:] - 1 - w  # steps since the warmup ended, 0 at its first step
-        span = max(total_steps - w - 1, 1)  # reached at the last step
-        if self.kind == "cosine":
+        span = total_steps - w - 1  # reached at the last step
+        if self.kind == "cosine" and span > 0:
             out[w:] = m + (1 - m) * (1 + np.cos(np.pi * after / span)) / 2
-        elif self.kind == "linear":
-            out[w:] = 1 + (m - 1) * np.minimum(after, span) / span
+        elif self.kind == "linear" and span > 0:
+            out[w:] = 1 + (m - 1) * after / span
         elif self.kind == "wsd":
             d = self.decay_steps(total_steps)
-            into_decay = t - (total_steps - d) - 1
-            decaying = into_decay >= 0
-            out[decaying] = 1 + (m - 1) * np.minimum(into_decay[decaying], d - 1) / max(d - 1, 1)
+            into_decay = t[total_steps - d:] - (total_steps - d) - 1
+            if d > 1:
+                out[total_steps - d:] = 1 + (m - 1) * into_decay / (d - 1)
+        if self.kind != "constant" and total_steps > max(w, 1):
+            # A decay of one step (PyTorch's composition divides by zero there) is that last step,
+            # at the minimum; unless it is also the run's first step at the peak (a run of one).
+            out[-1] = m
         return out
 
     def label(self) -> str:

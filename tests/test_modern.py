@@ -362,6 +362,7 @@ def test_every_modern_rule_names_its_reference_and_paper(name):
     ("sf_adamw", {"eps": -1.0}, "eps"), ("prodigy", {"d0": 0.0}, "d0"), ("prodigy", {"beta3": 2.0}, "beta3"),
     ("sf_adamw", {"beta1": 0.0}, "beta1"), ("ademamix", {"t_alpha_beta3": 10.0, "beta1": 0.0}, "beta1 > 0"),
     ("ademamix", {"t_alpha_beta3": 10.0, "beta3": 0.0}, "beta3 > 0"), ("adafactor", {"d": 0.5}, "d"),
+    ("sf_sgd", {"warmup_steps": 2.5}, "warmup_steps"), ("sf_adamw", {"warmup_steps": -1.0}, "whole number"),
 ])
 def test_bad_settings_are_refused_in_one_line(name, hparams, fragment):
     with pytest.raises(OptbenchError) as excinfo:

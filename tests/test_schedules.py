@@ -73,6 +73,17 @@ def test_shapes_by_hand():
     assert Schedule(warmup=0.25).warmup_steps(40) == 10  # a fraction of the run
 
 
+def test_a_decay_of_one_step_ends_at_the_minimum_and_a_warmup_fraction_rounds_halves_up():
+    # PyTorch's compositions divide by zero here; the docstring's promise is the oracle: the
+    # last step of a decaying schedule is at min_lr_ratio x peak.
+    np.testing.assert_array_equal(Schedule("wsd", min_lr_ratio=0.1).factors(7), [1, 1, 1, 1, 1, 1, 0.1])
+    np.testing.assert_array_equal(Schedule("cosine", warmup=1).factors(2), [1, 0])
+    np.testing.assert_array_equal(Schedule("linear", warmup=2, min_lr_ratio=0.5).factors(3), [0.5, 1, 0.5])
+    np.testing.assert_array_equal(Schedule("cosine").factors(1), [1])  # a run of one step moves at the peak
+    # 10 % of 25 steps is 2.5: three steps of warmup, as of 35 (3.5) it is four.
+    assert [Schedule(warmup=0.1).warmup_steps(t) for t in (15, 25, 35, 45)] == [2, 3, 4, 5]
+
+
 def test_sgd_on_a_bowl_takes_the_scheduled_step_sizes():
     # On f = x^2/20 + y^2 an SGD step multiplies each coordinate by (1 - lr_t * a): the product
     # of those factors is the closed form.
