@@ -275,6 +275,11 @@ def expand(sweep: SweepFile) -> list[Cell]:
         typed = resolve_hparams(selected, [pairs] if isinstance(pairs, str) else list(pairs))
     except OptbenchError as exc:
         raise sweep.error(str(exc), "hp" if "--hp" in str(exc) else "optimizers") from None
+    for label, cls in selected:  # hyperparameters out of range stop here, before anything runs
+        try:
+            cls(**typed[label])
+        except OptbenchError as exc:
+            raise sweep.error(str(exc), "hp" if pairs else "optimizers") from None
     seeds = data.get("seeds", 1)
     seeds = list(range(seeds)) if _is_int(seeds) else list(seeds)
     schedules = []
@@ -296,12 +301,16 @@ def expand(sweep: SweepFile) -> list[Cell]:
 
             raw = {**raw, "validation": TUNE_VALIDATION}  # a tuning grid is judged on validation, never the test set
         try:
-            problem, starts = _problem(raw)
+            problem, starts, total_steps = _problem(raw)
         except OptbenchError as exc:
             raise sweep.error(str(exc), "kind", "problems", i) from None
         if problem["kind"] == "mnist":
             problem["device"] = device  # float32 on another device is another result
         for schedule in schedules:
+            try:
+                Schedule(**schedule).check(total_steps)
+            except OptbenchError as exc:
+                raise sweep.error(f"{exc}, in problem {i + 1} ({_problem_name(problem)})", "schedules") from None
             for label, cls in selected:
                 hparams = {k: v for k, v in typed[label].items() if k != "lr"}
                 spec = label if OPTIMIZERS.get(label) is cls else f"{cls.__module__}:{cls.__qualname__}"
@@ -310,14 +319,19 @@ def expand(sweep: SweepFile) -> list[Cell]:
                 for lr in _cell_lrs(data.get("lrs", "default"), problem, label, cls, typed[label]):
                     for start in starts:
                         cells += [Cell(problem, label, spec, hparams, float(lr), schedule, seed, start) for seed in seeds]
+    idle = [label for label, _ in selected if not any(c.optimizer == label for c in cells)]
+    if idle:
+        raise sweep.error(f"{idle[0]} updates weight matrices only: it needs an MNIST problem, and this sweep has "
+                          "only surfaces", "optimizers")
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise OptbenchError(f"{sweep.path}: two cells have the same specification (a problem or seed listed twice?)")
     return cells
 
 
-def _problem(raw: dict) -> tuple[dict, list]:
-    """The canonical problem (every setting, defaults filled in) and its start points."""
+def _problem(raw: dict) -> tuple[dict, list, int]:
+    """The canonical problem (every setting, defaults filled in), its start points and the
+    number of steps a cell of it takes."""
     from optbench.experiment import MnistProblem
     from optbench.surface_run import grid_starts, parse_starts
     from optbench.surfaces import get_surface
@@ -334,7 +348,7 @@ def _problem(raw: dict) -> tuple[dict, list]:
             points = grid_starts(surface, parse_starts(starts))
         else:
             points = [tuple(map(float, p)) for p in starts]
-        return problem, points
+        return problem, points, problem["steps"]
     settings = {k: v for k, v in raw.items() if k not in ("kind", "target")}
     if "hidden" in settings:
         settings["hidden"] = tuple(settings["hidden"])
@@ -344,7 +358,7 @@ def _problem(raw: dict) -> tuple[dict, list]:
     mnist = MnistProblem(**settings, target=float(raw["target"]) / 100 if "target" in raw else None)
     mnist.check()
     problem = {"kind": "mnist", **{k: v for k, v in _problem_fields(mnist).items()}}
-    return problem, [None]
+    return problem, [None], mnist.total_steps
 
 
 def _problem_fields(mnist) -> dict:
@@ -790,6 +804,20 @@ def plan(sweep: SweepFile, store: Store) -> tuple[list[Cell], list[Population]]:
                               data.get("threads", 1))
 
 
+def _check_device(sweep: SweepFile, executor: Executor, pops: list[Population]) -> None:
+    """A GPU asked for where the populations will run here (in-process, local processes, a
+    LocalCluster) must be here, before anything is written. A scheduler's workers are elsewhere:
+    their GPUs are theirs to check."""
+    from optbench.backend import select_device
+
+    remote = executor.dask not in (None, "local") or (executor.client is not None and executor.dask is None)
+    if not remote and any(p.device == "gpu" and p.cells[0].problem["kind"] == "mnist" for p in pops):
+        try:
+            select_device("gpu")
+        except OptbenchError as exc:
+            raise sweep.error(str(exc), "device") from None
+
+
 def run_sweep(sweep: SweepFile, out: Path, executor: Executor | None = None,
               on_population: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
     """Run the cells of `sweep` missing from the store at `out`, writing each population as it
@@ -810,8 +838,9 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
     from optbench.backend import cpu_facts
     from optbench.experiment import git_commit
 
-    store.prepare()
     cells, pops = plan(sweep, store)
+    _check_device(sweep, executor, pops)
+    store.prepare()
     progress = SweepProgress(len(cells), len(cells) - sum(len(p.cells) for p in pops), 0, {})
     manifest = {"kind": "sweep", "optbench": __version__, "sweep_file": str(sweep.path), "sweep": sweep.data,
                 "command": sys.argv, "executor": executor.label, "cells": progress.total, "status": "running",
@@ -827,10 +856,13 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
         if on_population:
             on_population(progress)
 
-    status = "interrupted"
+    status = "failed"
     try:
         executor.map(pops, done)
         status = "finished"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one
+        status = "interrupted"
+        raise
     finally:
         manifest.update(status=status, written=datetime.now().isoformat(timespec="seconds"),
                         finished_cells=progress.skipped + progress.done)

@@ -47,6 +47,16 @@ surface = "bowl"
 """
 
 
+MNIST_PROBLEM = """
+[[problems]]
+kind = "mnist"
+hidden = [16]
+iterations = 10
+train_size = 1000
+test_size = 200
+"""
+
+
 def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -109,6 +119,12 @@ def test_a_cell_is_named_by_its_whole_specification(tmp_path):
     ('[[problems]]\nkind = "surface"\nsurface = "bowlz"\n', r"sweep.toml:2: unknown surface 'bowlz'"),
     ('hp = ["betaz=3"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: --hp betaz"),
     ('lrs = [0.1, -1]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for lrs"),
+    ('optimizers = ["adam"]\nhp = ["beta1=2"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n',
+     r"sweep.toml:2: adam: invalid beta1 2.0"),
+    ('schedules = [{kind = "cosine", warmup = 50}]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\nsteps = 20\n',
+     r"sweep.toml:1: --warmup of 50 steps is not shorter than the run \(20 steps\), in problem 1"),
+    ('optimizers = ["sgd", "muon"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n',
+     r"sweep.toml:1: muon updates weight matrices only"),
     ('name = "x"\n', r"needs at least one \[\[problems\]\]"),
     ('name = "x\n', r"not valid TOML"),
 ])
@@ -119,6 +135,28 @@ def test_bad_sweep_files_name_the_file_the_key_and_the_line_and_write_nothing(tm
     out = tmp_path / "store"
     r = runner.invoke(app, ["sweep", str(path), "--out", str(out)])
     assert r.exit_code == 2 and "Traceback" not in r.output and not out.exists(), r.output
+
+
+def test_a_gpu_sweep_without_a_gpu_stops_before_anything_is_written(tmp_path):
+    from optbench.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    path = write(tmp_path, SURFACES.replace('name = "t"', 'name = "t"\ndevice = "gpu"') + MNIST_PROBLEM)
+    r = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "store")])
+    assert r.exit_code == 2 and "--device gpu" in r.output and not (tmp_path / "store").exists(), r.output
+
+
+def test_a_sweep_that_fails_is_marked_failed_not_interrupted(tmp_path, monkeypatch):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+
+    def broken(population):
+        raise RuntimeError("a bug in a worker")
+
+    monkeypatch.setattr(sweep, "run_population", broken)
+    with pytest.raises(RuntimeError):
+        sweep.run_sweep(spec, tmp_path / "store")
+    assert sweep.Store(tmp_path / "store").manifest()["status"] == "failed"
 
 
 def test_bad_executor_options_are_refused_before_anything_is_written(tmp_path):
