@@ -264,8 +264,14 @@ def mnist_command(
         TimeElapsedColumn(), console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
     )
     reporter = _TerminalReporter(progress, folder, quiet)
-    with progress:
-        result = plan.run(reporter, device=chosen)
+    result = None
+    try:
+        with progress:
+            result = plan.run(reporter, device=chosen)
+    except KeyboardInterrupt:
+        if result is None:
+            raise
+        result.manifest["status"] = "interrupted"  # it came as the progress bars closed
     try:
         written = result.write(folder, plot=plot)
     except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says what happened

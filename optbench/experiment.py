@@ -307,7 +307,11 @@ class Experiment:
             run.interrupted = True
             if self.tune and run.tuning is None and run.tuned:
                 run.tuning = choose_lrs(run.tuned)  # what the grid had trained when Ctrl-C came
-        return run.results()
+        try:
+            return run.results()
+        except KeyboardInterrupt:  # it came as the tables were put together: again, marked
+            run.interrupted = True
+            return run.results()
 
 
 class Reporter:

@@ -198,6 +198,27 @@ def test_interrupt_between_populations_is_marked_too(tmp_path, mnist_available, 
     assert np.isnan(summary.loc["sgd", "final_test_acc"])
 
 
+def test_an_interrupt_after_training_still_marks_the_run_and_writes_its_files(tmp_path, mnist_available, monkeypatch):
+    # SIGTERM (or Ctrl-C) arriving as the final tables are put together, after every member
+    # has trained: the manifest must not be left at "running".
+    real_results = experiment._Run.results
+    calls = []
+
+    def results_then_ctrl_c(self, status=None):
+        if status is None and not calls:  # the final tables, not a population's interim write
+            calls.append(1)
+            raise KeyboardInterrupt
+        return real_results(self, status)
+
+    monkeypatch.setattr(experiment._Run, "results", results_then_ctrl_c)
+    result = invoke("mnist", "--opt", "adam", *SMALL, "--iterations", "10", "--out", tmp_path, "--name", "late")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    folder = tmp_path / "mnist" / "late"
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "interrupted"
+    assert pd.read_csv(folder / "summary.csv")["status"].tolist() == ["finished"]
+    assert (folder / "loss.png").stat().st_size > 0
+
+
 def test_a_plain_optimizer_class_uses_its_own_default_lr(tmp_path, mnist_available, monkeypatch):
     (tmp_path / "plain.py").write_text(
         "class Plain:\n"
