@@ -478,12 +478,19 @@ class _Run:
             "written": dt.datetime.now().isoformat(timespec="seconds"),
             "config": {**asdict(self.problem), "seed": e.seed, "seeds": e.seeds, "lrs": list(e.lrs), "tune": e.tune,
                        "tune_factors": list(TUNE_FACTORS) if e.tune else None, "max_population": e.max_population},
-            "optimizers": {label: {**defaults_of(cls), **hparams} for label, cls, hparams in e.selected()},
+            # lr: what each ran at (its default for MNIST, --lr, or the tuned one), not the class's default
+            "optimizers": {label: {**defaults_of(cls), **hparams, "lr": _lrs_run(summary, label)}
+                           for label, cls, hparams in e.selected()},
             "members": summary[["optimizer", "lr", "seed", "status"]].to_dict("records"),
             "populations": self.chunks,
             "device": self.device.facts,
             "git_commit": git_commit(),
         }
+
+
+def _lrs_run(summary: pd.DataFrame, label: str):
+    lrs = list(dict.fromkeys(float(lr) for lr in summary.loc[summary["optimizer"] == label, "lr"]))
+    return lrs[0] if len(lrs) == 1 else lrs
 
 
 def _concat(frames, columns) -> pd.DataFrame:

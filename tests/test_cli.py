@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,6 +153,9 @@ def test_tune_reports_the_chosen_lr(tmp_path):
     finite = tuning[~tuning["diverged"]]
     assert chosen["final_loss"].iloc[0] == finite["final_loss"].min()
     assert "lr tuned" in result.output
+    # The manifest records the lr that ran, not the class's default (Adam's 1e-3).
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["optimizers"]["adam"]["lr"] == summary.loc[0, "lr"] != 1e-3
 
 
 def test_user_optimizer_joins_the_builtins(tmp_path, monkeypatch):

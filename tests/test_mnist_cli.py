@@ -55,6 +55,7 @@ def test_mnist_writes_every_file(tmp_path, mnist_available):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["config"]["hidden"] == [64, 32]
     assert manifest["optimizers"]["adam"]["beta2"] == 0.999 and manifest["device"]["numpy"] == np.__version__
+    assert manifest["optimizers"]["sgd"]["lr"] == 0.01  # the lr it ran at (torch's SGD default is 1e-3)
     for name in ("loss.png", "accuracy.png", "time.png"):
         assert (folder / name).stat().st_size > 10_000
 
