@@ -422,6 +422,8 @@ def profile_command(
     """
     from optbench import problem_set
 
+    if not (math.isfinite(r_max) and r_max > 1):
+        raise OptbenchError(f"invalid --r-max {r_max} (a finite number > 1)")
     if folders:
         if opt or fn or dataset:
             raise OptbenchError("--opt, --fn and --dataset choose the problem set to run: not with run folders")
@@ -434,8 +436,6 @@ def profile_command(
         grid=surface_run.parse_starts(starts),
         tune=tune, datasets=datasets_, seeds=seeds, epochs=epochs, eval_every=eval_every, train_size=train_size,
         test_size=test_size)
-    if r_max <= 1:
-        raise OptbenchError(f"invalid --r-max {r_max} (must be > 1)")
     if cost not in ("steps", "seconds") or (cost == "seconds" and plan.surfaces):
         raise OptbenchError(f"invalid --cost {cost!r} for the problem set (steps; seconds only without surfaces)")
     plan.check()
@@ -463,10 +463,14 @@ def profile_command(
 def _profile_costs(folders: list[Path], cost: str):
     from optbench import profiles
 
-    costs, left_out = profiles.on_every_problem(profiles.read_costs(folders, cost))
+    table = profiles.read_costs(folders, cost)
+    costs, left_out = profiles.on_every_problem(table)
+    if not len(costs):
+        raise OptbenchError("none of these runs is a problem with a target (a surface without a minimum has none)")
     if costs.shape[1] == 0:
         raise OptbenchError("no optimizer ran on every one of these problems")
     costs.attrs["left_out"] = left_out
+    costs.attrs["no_target"] = list(dict.fromkeys(table.attrs.get("no_target", [])))
     return costs
 
 
@@ -490,6 +494,8 @@ def _write_profile(costs, cost: str, r_max: float, folder: Path, quiet: bool) ->
         return
     if costs.attrs.get("left_out"):
         err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(costs.attrs['left_out']))}")
+    if costs.attrs.get("no_target"):
+        err_console.print(f"[yellow]left out[/] (no minimum, so no target): {escape(', '.join(costs.attrs['no_target']))}")
     console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
                                                          f"(integrated score on [1, {r_max:g}])"))
     console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")

@@ -196,9 +196,14 @@ def _profile_section(problems: list[Path]) -> str:
 
     parts = ['<h2 id="profile">Performance profile over these runs</h2>']
     try:
-        costs, left_out = profiles.on_every_problem(profiles.read_costs(problems))
+        table = profiles.read_costs(problems)
     except OptbenchError as exc:
         return "\n".join(parts + [f'<p class="note">No profile: {_e(str(exc))}</p>'])
+    costs, left_out = profiles.on_every_problem(table)
+    no_target = list(dict.fromkeys(table.attrs.get("no_target", [])))
+    if not len(costs):
+        return "\n".join(parts + ['<p class="note">No profile: none of these runs is a problem with a target'
+                                   + (f' (no minimum: {_e(", ".join(no_target))})' if no_target else "") + '.</p>'])
     if costs.shape[1] == 0:
         return "\n".join(parts + ['<p class="note">No profile: no optimizer ran on every problem.</p>'])
     ratios = profiles.performance_ratios(costs)
@@ -209,7 +214,8 @@ def _profile_section(problems: list[Path]) -> str:
         image = plots.save_profile(curves, scores, Path(tmp) / "profile.png", "steps")
         parts.append(_figure(image))
     parts.append(f'<p class="note">{len(costs)} problems, by steps to each one\'s target; each optimizer at its best lr '
-                 f"there (the median over seeds).{' Left out (not run on every problem): ' + _e(', '.join(left_out)) if left_out else ''}</p>")
+                 f"there (the median over seeds).{' Left out (not run on every problem): ' + _e(', '.join(left_out)) if left_out else ''}"
+                 f"{' Left out (no minimum, so no target): ' + _e(', '.join(no_target)) if no_target else ''}</p>")
     parts.append(_table(scores.rename_axis("optimizer").reset_index(), "Integrated score on [1, 4]"))
     parts.append(_table(costs.reset_index(), "Steps to the target per problem (inf: never reached)"))
     return "\n".join(parts)

@@ -63,17 +63,19 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
     (`steps_to_tol`; no seconds there). A start already within the tolerance is no problem, and
     left out. A MNIST run folder is one problem per data set:
     the median over seeds of the steps (or seconds) to the target accuracy. inf: it ran and never
-    reached the target; NaN: it did not run on that problem.
+    reached the target; NaN: it did not run on that problem. A surface without a minimum (a
+    saddle) has no target: it is left out and named in `attrs["no_target"]`.
     """
     if cost not in ("steps", "seconds"):
         raise OptbenchError(f"invalid --cost {cost!r} (steps or seconds)")
     columns: dict[str, dict[str, float]] = {}
+    no_target: list[str] = []  # surfaces without a minimum (the saddles): no target to reach
     from optbench import sweep
 
     for folder in map(Path, folders):
         if sweep.is_store(folder):
             for problem, best in _sweep_problems(sweep.labelled(sweep.current_cells(sweep.Store(folder))[0]), cost):
-                _add(columns, problem, best)
+                _add(columns, problem, best, no_target)
             continue
         path = folder / "summary.csv"
         if not path.exists():
@@ -83,7 +85,7 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
             if cost == "seconds":
                 raise OptbenchError(f"{folder}: surface runs record steps, not seconds (use --cost steps)")
             for problem, best in _surface_problems(folder, summary):
-                _add(columns, problem, best)
+                _add(columns, problem, best, no_target)
             continue
         elif "steps_to_target" in summary.columns:
             dataset = _dataset(folder)
@@ -96,10 +98,15 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
         _add(columns, problem, best)
     table = pd.DataFrame(columns).T  # NaN: not run on that problem
     table.index.name = "problem"
+    table.attrs["no_target"] = no_target
     return table
 
 
-def _add(columns: dict, problem: str, best: pd.Series) -> None:
+def _add(columns: dict, problem: str, best: pd.Series | None, no_target: list[str]) -> None:
+    """`best` None: a problem without a target, named in `no_target` and left out."""
+    if best is None:
+        no_target.append(problem)
+        return
     if problem in columns:
         raise OptbenchError(f"two folders are the same problem {problem!r}")
     columns[problem] = best.fillna(np.inf).to_dict()  # ran and never reached it: inf
@@ -116,6 +123,9 @@ def _surface_problems(folder: Path, summary: pd.DataFrame):
     if "start_x" not in summary.columns:
         summary = summary.assign(start_x=np.nan, start_y=np.nan)  # a run older than grids: one start
     name = summary["surface"].iloc[0]
+    if not _bounded(name):
+        yield f"{name} ({folder.name})", None
+        return
     cells = start_cells(summary.fillna({"start_x": 0.0, "start_y": 0.0}))
     points = cells[["start_x", "start_y"]].drop_duplicates()
     for x, y in points.itertuples(index=False):
@@ -142,6 +152,9 @@ def _sweep_problems(cells: pd.DataFrame, cost: str):
         frame = surface.assign(_cost=steps)
         keys = ["problem_id", "problem", "start_x", "start_y"]
         for (_, name, x, y), group in frame.groupby(keys, sort=False):
+            if not _bounded(name.split(" (")[0]):  # a sweep names a surface problem "<surface> (<steps>...)"
+                yield name, None
+                continue
             best = _best_over_settings(group)
             if (best == 0).all():
                 continue
@@ -151,6 +164,13 @@ def _sweep_problems(cells: pd.DataFrame, cost: str):
         frame = mnist.assign(_cost=pd.to_numeric(mnist[column], errors="coerce").astype(float).fillna(np.inf))
         for (_, name), group in frame.groupby(["problem_id", "problem"], sort=False):
             yield name, _chosen_by_validation(group) if group["final_val_acc"].notna().any() else _best_over_settings(group)
+
+
+def _bounded(surface: str) -> bool:
+    """Whether the surface has a minimum, so a target: a saddle has none."""
+    from optbench.surfaces import SURFACES
+
+    return surface not in SURFACES or SURFACES[surface].bounded
 
 
 def _chosen_by_validation(group: pd.DataFrame) -> pd.Series:

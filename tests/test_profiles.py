@@ -69,6 +69,22 @@ def test_profile_command_reads_surface_folders(tmp_path):
     assert scores["score"].between(0, 1).all() and (tmp_path / "profile" / "profile.png").stat().st_size > 10_000
     bad = runner.invoke(app, ["profile", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not an optbench run folder" in bad.output
+    # A saddle has no minimum, so no target: its folder is left out and named, not counted as a
+    # problem nobody solved (which would lower every score alike).
+    runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", "saddle", "--out", str(tmp_path), "--no-plot", "-q"])
+    result = runner.invoke(app, ["profile", *(str(tmp_path / "surface" / n) for n in ("bowl", "booth", "saddle")),
+                                 "--out", str(tmp_path / "with")])
+    assert result.exit_code == 0 and "(no minimum, so no target): saddle" in result.output, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "with" / "profile" / "costs.csv"), costs.reset_index())
+    alone = runner.invoke(app, ["profile", str(tmp_path / "surface" / "saddle"), "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 2 and "no target" in alone.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1", "0.5"])
+def test_a_bad_r_max_is_refused_in_one_line(tmp_path, value):
+    result = CliRunner().invoke(app, ["profile", str(tmp_path), "--r-max", value, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "--r-max" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
 
 
 def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
