@@ -77,7 +77,7 @@ def test_profile_command_reads_surface_folders(tmp_path):
     assert result.exit_code == 0 and "(no minimum, so no target): saddle" in result.output, result.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "with" / "profile" / "costs.csv"), costs.reset_index())
     alone = runner.invoke(app, ["profile", str(tmp_path / "surface" / "saddle"), "--out", str(tmp_path / "alone")])
-    assert alone.exit_code == 2 and "no target" in alone.output
+    assert alone.exit_code == 2 and "a problem with a target" in alone.output
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1", "0.5"])
