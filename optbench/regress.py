@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -86,23 +86,41 @@ def load_suite(path: Path) -> Suite:
             raise OptbenchError(f"suite {path}: bad value for {key}: {data[key]!r}")
     if kind == "mnist" and "iterations" not in data:
         raise OptbenchError(f"suite {path}: an mnist suite needs `iterations`")
-    tables = data.get("tolerance", {})
-    if not isinstance(tables, dict):
-        raise OptbenchError(f"suite {path}: `tolerance` must be tables such as [tolerance.final_loss]")
-    tolerances = {}
-    for metric, spec in tables.items():
-        try:
-            tolerances[metric] = Tolerance(**spec)
-            bad = [k for k, v in spec.items() if not isinstance(v, (int, float))]
-        except TypeError as exc:
-            raise OptbenchError(f"suite {path}: tolerance.{metric}: {exc}") from None
-        if bad:
-            raise OptbenchError(f"suite {path}: tolerance.{metric}.{bad[0]} must be a number")
+    tolerances = _tolerances(path, kind, data.get("tolerance", {}))
     settings = {k: v for k, v in data.items() if k not in ("kind", "tolerance", "name")}
     suite = Suite(path, data.get("name", path.stem), kind, settings, tolerances)
     if kind == "mnist":
         _mnist_experiment(suite).check()
     return suite
+
+
+def _tolerances(path: Path, kind: str, tables) -> dict[str, Tolerance]:
+    """The suite's [tolerance.METRIC] tables, each checked: a misspelt metric would otherwise
+    leave the real one with no tolerance at all."""
+    if not isinstance(tables, dict):
+        raise OptbenchError(f"suite {path}: `tolerance` must be tables such as [tolerance.{METRICS[kind][0]}]")
+    for metric, spec in tables.items():
+        if metric not in METRICS[kind]:
+            raise OptbenchError(f"suite {path}: unknown metric {metric!r} in `tolerance` "
+                                f"(a {kind} suite measures {', '.join(METRICS[kind])})")
+        if not isinstance(spec, dict):
+            raise OptbenchError(f"suite {path}: tolerance.{metric} must be a table such as [tolerance.{metric}]")
+        for key, value in spec.items():
+            _check_tolerance_value(path, metric, key, value)
+    return {metric: Tolerance(**spec) for metric, spec in tables.items()}
+
+
+def _check_tolerance_value(path: Path, metric: str, key: str, value) -> None:
+    where = f"suite {path}: tolerance.{metric}.{key}"
+    if key not in TOLERANCE_KEYS:
+        raise OptbenchError(f"suite {path}: unknown key {key!r} in [tolerance.{metric}] "
+                            f"(a tolerance takes {', '.join(TOLERANCE_KEYS)})")
+    if key == "exact":
+        if not isinstance(value, bool):
+            raise OptbenchError(f"{where} must be true or false, got {value!r}")
+    elif not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        # A negative or nan tolerance fails every run, an infinite one passes every run.
+        raise OptbenchError(f"{where} must be a number, finite and >= 0, got {value!r}")
 
 
 def _names(v) -> bool:
@@ -127,6 +145,12 @@ SETTINGS = {
               "test_size": _positive_int, "seed": lambda v: isinstance(v, int) and v >= 0,
               "check_iterations": lambda v: isinstance(v, list) and all(_positive_int(i) for i in v)},
 }
+
+
+# The metrics each kind of suite measures (train_loss@N takes the tolerance of train_loss).
+METRICS = {"surface": ("final_loss", "gap", "steps_to_tol", "diverged"),
+           "mnist": ("train_loss", "final_test_acc", "diverged")}
+TOLERANCE_KEYS = tuple(f.name for f in fields(Tolerance))
 
 
 # --- running the suites ---------------------------------------------------------------------

@@ -7,11 +7,13 @@ reader never sees half a file, even when a run is interrupted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from optbench.errors import OptbenchError
@@ -45,9 +47,28 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_json(data, path: Path) -> Path:
+    """Strict JSON: non-finite floats are written as the strings "inf", "-inf", "nan"."""
+    text = json.dumps(strict_json(data), indent=2, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.write_text(text + "\n")
     return Path(path)
+
+
+def strict_json(value):
+    """`value` with every non-finite float, at any depth, replaced by "inf", "-inf" or "nan".
+
+    json.dumps would write bare Infinity and NaN, which JSON.parse and other strict parsers
+    reject (Prodigy's growth_rate defaults to inf). float() reads the strings back.
+    """
+    if isinstance(value, np.generic):  # NumPy scalars as Python ones, so float32 stays a number
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {strict_json(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def read_csv(path: Path) -> pd.DataFrame:

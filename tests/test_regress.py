@@ -134,7 +134,7 @@ def test_tolerance_rule():
         ("kind = 'surface'\nlr = 'abc'\n", "bad value for lr"),
         ("kind = 'surface'\noptimizer = ['adam']\n", "unknown setting 'optimizer'"),
         ("kind = 'surface'\ntolerance = 5\n", "must be tables"),
-        ("kind = 'surface'\n[tolerance.gap]\nrel = 'x'\n", "tolerance.gap.rel must be a number"),
+        ("kind = 'surface'\n[tolerance.gap]\nrel = 'x'\n", "tolerance.gap.rel must be a number, finite and >= 0, got 'x'"),
         ("kind = 'mnist'\n", "needs `iterations`"),
         ("kind = 'mnist'\niterations = 10\ntrain_size = 100\n", "larger than --train-size"),
         ("kind = 'mnist'\niterations = 10\ncheck_iterations = [20]\n", "past iterations"),
@@ -146,3 +146,39 @@ def test_malformed_suites_are_named(tmp_path, text, fragment):
     result = invoke("regress", "--suite", bad, "--update", "--out", tmp_path)
     assert result.exit_code == 2, result.output
     assert fragment in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "kind, table, fragment",
+    [
+        ("surface", "[tolerance.bogus]\nrel = 1e-9\n",
+         "unknown metric 'bogus' in `tolerance` (a surface suite measures final_loss, gap, steps_to_tol, diverged)"),
+        ("mnist", "[tolerance.final_loss]\nabs = 0.1\n",
+         "unknown metric 'final_loss' in `tolerance` (a mnist suite measures train_loss, final_test_acc, diverged)"),
+        ("surface", "[tolerance.final_loss]\nrelative = 1e-9\n",
+         "unknown key 'relative' in [tolerance.final_loss] (a tolerance takes rel, abs, spread_factor, exact)"),
+        ("surface", "[tolerance.final_loss]\nrel = -1\n", "tolerance.final_loss.rel must be a number, finite and >= 0, got -1"),
+        ("surface", "[tolerance.gap]\nabs = inf\n", "tolerance.gap.abs must be a number, finite and >= 0, got inf"),
+        ("surface", "[tolerance.gap]\nspread_factor = nan\n", "tolerance.gap.spread_factor must be a number, finite and >= 0, got nan"),
+        ("surface", "[tolerance.gap]\nabs = [1]\n", "tolerance.gap.abs must be a number, finite and >= 0, got [1]"),
+        ("surface", "[tolerance.diverged]\nexact = 1\n", "tolerance.diverged.exact must be true or false, got 1"),
+        ("surface", "[tolerance]\ngap = 1e-9\n", "tolerance.gap must be a table such as [tolerance.gap]"),
+    ],
+)
+def test_a_bad_tolerance_table_is_refused_before_anything_runs(tmp_path, kind, table, fragment):
+    suite = tmp_path / "bad.toml"
+    settings = "kind = 'mnist'\niterations = 10\n" if kind == "mnist" else "kind = 'surface'\n"
+    suite.write_text(settings + table)
+    result = invoke("regress", "--suite", suite, "--update", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "bad.toml" in lines[0] and fragment in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]  # no baseline, no output folder
+
+
+def test_tolerance_tables_name_the_metrics_the_runner_measures(tmp_path):
+    # The list of metrics a tolerance may name is checked against what a suite really produces.
+    suite = tmp_path / "one.toml"
+    suite.write_text("kind = 'surface'\noptimizers = ['sgd']\nsurfaces = ['bowl']\n")
+    measured = regress.run_surface_suite(regress.load_suite(suite))
+    assert tuple(dict.fromkeys(measured["metric"])) == regress.METRICS["surface"]

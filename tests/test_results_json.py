@@ -1,0 +1,65 @@
+"""results.write_json writes strict JSON: non-finite floats become "inf", "-inf", "nan", which
+JSON.parse and other strict parsers accept (bare Infinity and NaN they reject)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from optbench import results
+from optbench.cli import app
+
+NODE = shutil.which("node") or shutil.which("/usr/bin/node")
+
+
+def strict_loads(text: str):
+    """json.loads that refuses Infinity, -Infinity and NaN, as RFC 8259 does."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_floats_at_any_depth_are_written_as_strings(tmp_path):
+    data = {"growth_rate": math.inf, "nested": {"low": -math.inf, "values": [1.5, math.nan, (np.float32("inf"), 2)]},
+            "numpy": np.float64("-inf"), "finite32": np.float32(0.5), "count": np.int64(3), "ok": True, "name": "adam"}
+    path = results.write_json(data, tmp_path / "manifest.json")
+    parsed = strict_loads(path.read_text())
+    assert parsed == {"growth_rate": "inf", "nested": {"low": "-inf", "values": [1.5, "nan", ["inf", 2]]},
+                      "numpy": "-inf", "finite32": 0.5, "count": 3, "ok": True, "name": "adam"}
+    assert float(parsed["growth_rate"]) == math.inf and math.isnan(float(parsed["nested"]["values"][1]))
+
+
+def test_strict_parsing_refuses_what_json_dumps_writes_by_default():
+    # The oracle above is really strict: it rejects Python's own default output.
+    with pytest.raises(ValueError, match="Infinity"):
+        strict_loads(json.dumps({"growth_rate": math.inf}))
+
+
+@pytest.fixture(scope="module")
+def prodigy_manifest(tmp_path_factory):
+    """manifest.json of a real `optbench surface` run of Prodigy (its growth_rate is inf)."""
+    out = tmp_path_factory.mktemp("run")
+    result = CliRunner().invoke(app, ["surface", "--opt", "prodigy", "--steps", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out / "surface" / "bowl" / "manifest.json"
+
+
+def test_a_real_prodigy_manifest_is_strict_json(prodigy_manifest):
+    manifest = strict_loads(prodigy_manifest.read_text())
+    assert manifest["config"]["optimizers"]["prodigy"]["growth_rate"] == "inf"
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js not found (PATH, /usr/bin/node): JSON.parse not checked")
+def test_javascript_json_parse_reads_a_prodigy_manifest(prodigy_manifest):
+    script = ("const m = JSON.parse(require('fs').readFileSync(process.argv[1], 'utf8'));"
+              "console.log(m.config.optimizers.prodigy.growth_rate);")
+    node = subprocess.run([NODE, "-e", script, str(prodigy_manifest)], capture_output=True, text=True, timeout=60)
+    assert node.returncode == 0, node.stderr
+    assert node.stdout.strip() == "inf"
