@@ -7,7 +7,9 @@ import math
 import pandas as pd
 from rich.markup import escape
 from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from optbench.optimizers import OPTIMIZERS
 from optbench.surfaces import SURFACES
@@ -71,21 +73,24 @@ def surface_robustness(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Ta
     return table
 
 
-def sweep_aggregate(frame: pd.DataFrame, title: str) -> Table:
-    """A sweep store's cells by problem, optimizer, lr and schedule, over seeds: best first."""
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for name in ("problem", "optimizer"):
-        table.add_column(name, style="bold" if name == "optimizer" else None, no_wrap=True)
-    for name in ("lr", "schedule", "seeds", "final (median)", "range", "reached", "median steps", "diverged"):
-        table.add_column(name, justify="right")
-    for row in frame.itertuples():
-        accuracy = row.metric == "final_test_acc"
-        show = (lambda v: f"{100 * v:.2f}%" if v == v else "—") if accuracy else (lambda v: _number(v, 3))
-        table.add_row(escape(row.problem), escape(row.optimizer), _number(row.lr, 3), escape(row.schedule), str(row.seeds),
-                      show(row.metric_median), f"{show(row.metric_min)}–{show(row.metric_max)}", f"{row.reached}/{row.seeds}",
-                      _number(row.steps_to_target_median), str(row.diverged) if row.diverged else "",
-                      style="red" if row.diverged == row.seeds else None)
-    return table
+def sweep_aggregate(frame: pd.DataFrame, title: str) -> Group:
+    """A sweep store's cells over seeds: one table per problem (its long name as the table's
+    title, not a column that squeezes the numbers), rows by optimizer, lr and schedule, best first."""
+    parts = [Text(title, style="bold")]
+    for problem, rows in frame.groupby("problem", sort=False):
+        table = Table(title=escape(str(problem)), title_justify="left", header_style="bold")
+        table.add_column("optimizer", style="bold", no_wrap=True)
+        for name in ("lr", "schedule", "seeds", "final (median)", "range", "reached", "median steps", "diverged"):
+            table.add_column(name, justify="right", no_wrap=name != "schedule")  # a cut number is a wrong one
+        for row in rows.itertuples():
+            accuracy = row.metric == "final_test_acc"
+            show = (lambda v: f"{100 * v:.2f}%" if v == v else "—") if accuracy else (lambda v: _number(v, 3))
+            table.add_row(escape(row.optimizer), _number(row.lr, 3), escape(row.schedule), str(row.seeds),
+                          show(row.metric_median), f"{show(row.metric_min)}–{show(row.metric_max)}",
+                          f"{row.reached}/{row.seeds}", _number(row.steps_to_target_median),
+                          str(row.diverged) if row.diverged else "", style="red" if row.diverged == row.seeds else None)
+        parts.append(table)
+    return Group(*parts)
 
 
 def optimizers_table() -> Table:
