@@ -608,7 +608,8 @@ def regress_command(
     shown = comparison if show_all else failed
     if not quiet and len(shown):
         console.print(tables.regression(shown, "Regression check" + ("" if show_all else ": metrics outside tolerance")))
-    summary = f"{len(comparison) - len(failed)} of {len(comparison)} metrics within tolerance ({', '.join(s.name for s in suites)}); wrote {path}"
+    summary = escape(f"{len(comparison) - len(failed)} of {len(comparison)} metrics within tolerance "
+                     f"({', '.join(s.name for s in suites)}); wrote {path}")
     if len(failed):
         err_console.print(f"[red]regression[/]: {len(failed)} metric(s) outside tolerance or missing; {summary}")
         raise typer.Exit(1)

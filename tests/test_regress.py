@@ -91,6 +91,13 @@ def test_update_says_what_changed(small_suite, tmp_path, monkeypatch):
     assert "adam" not in result.output.split("changed values")[-1]
 
 
+def test_the_summary_line_keeps_text_in_brackets(small_suite, tmp_path):
+    # rich reads "[red]" as markup: the folder written must be printed as it is.
+    out = tmp_path / "[red]out"
+    result = invoke("regress", "--suite", small_suite, "--out", out)
+    assert result.exit_code == 0 and "[red]out" in result.output.replace("\n", ""), result.output
+
+
 @pytest.mark.parametrize(
     "damage, fragment",
     [
