@@ -134,7 +134,6 @@ def surface_command(
         raise OptbenchError(f"invalid --tol {tol} (must be a finite number > 0)")
     if not (math.isfinite(noise) and noise >= 0):
         raise OptbenchError(f"invalid --noise {noise} (must be a finite number >= 0)")
-    surface_run.check_lrs(lrs, tune)
     grid = surface_run.parse_starts(starts) if starts is not None else None
     if grid and start is not None:
         raise OptbenchError("give --start or --starts, not both")
@@ -143,9 +142,12 @@ def surface_command(
     lr_schedule = Schedule(schedule, warmup, min_lr_ratio, decay_fraction)
     lr_schedule.check(steps)
     contenders = select_contenders(opt or [], hp or [], points=True)
+    surface_run.check_lrs(lrs, tune, contenders)
     surfaces = surface_run.select_surfaces(fn or [])
-    for surface in surfaces:  # every surface's run length, before anything is written
+    for surface in surfaces:  # every surface's run length and start, before anything is written
         lr_schedule.check(steps or surface.steps)
+        surface_run.surface_members(surface, contenders, lrs, start, range(seed, seed + seeds),
+                                    surface_run.grid_starts(surface, grid) if grid else None)
     prepare_dir(out)
     written = []
     progress = Progress(

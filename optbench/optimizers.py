@@ -691,11 +691,15 @@ def parse_hparams(pairs: list[str], labels: list[str]) -> dict[str, dict[str, st
     and are typed against each optimizer's defaults by `hparams_for`.
     """
     per_label: dict[str, dict[str, str]] = {label: {} for label in labels}
+    given: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise OptbenchError(f"--hp {pair!r}: expected name=value, e.g. --hp momentum=0.95")
+        if key in given and given[key] != value:  # which one would win is nobody's guess
+            raise OptbenchError(f"--hp {key} is given twice ({given[key]} and {value}): give it once")
+        given[key] = value
         target, dot, name = key.rpartition(".")
         if dot:
             if target not in per_label:

@@ -53,6 +53,8 @@ class ProblemSet:
         if not self.surfaces and not self.datasets:
             raise OptbenchError("the problem set is empty: give surfaces or data sets")
         surface_run.parse_starts(f"grid:{self.grid}")
+        if self.surfaces:  # Muon named with surfaces in the set stops here, not after the folder is made
+            select_contenders(list(self.optimizers), [], points=True)
         for experiment in self.experiments():
             experiment.check()
 

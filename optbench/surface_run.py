@@ -51,12 +51,14 @@ def default_lr(surface: Surface, label: str, cls: type) -> float:
     return float(defaults_of(cls).get("lr", 1e-3))
 
 
-def check_lrs(lrs: Sequence[float], tune: bool = False) -> None:
-    """Refuse a bad --lr, and --lr with --tune, before anything runs."""
+def check_lrs(lrs: Sequence[float], tune: bool = False, contenders: Sequence[Contender] = ()) -> None:
+    """Refuse a bad --lr, and --lr or --hp lr= with --tune, before anything runs."""
     for lr in lrs:
         check_lr(lr)
     if tune and lrs:
         raise OptbenchError("--tune chooses the lr itself: give --tune or --lr, not both")
+    if tune and any("lr" in c.hparams for c in contenders):
+        raise OptbenchError("--tune searches its grid of lrs on a surface: give --tune or --hp lr=, not both")
 
 
 MAX_GRID = 100  # --starts grid:N: up to 100 x 100 start points
@@ -132,7 +134,7 @@ def run_surface(
     lowest final loss on the first seed instead (`tune_lr`; from a grid of `starts`, the lowest
     median over them), then over every seed. `trajectories=False` keeps no trajectory rows (the
     summary is complete without them)."""
-    check_lrs(lrs, tune)
+    check_lrs(lrs, tune, contenders)
     steps = steps or surface.steps
     members = surface_members(surface, contenders, lrs, start, seeds, starts)
     points = list(dict.fromkeys(m.start for m in members))
@@ -318,6 +320,14 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     trajectories.csv, every step of every member, which a large grid makes large.
     """
     folder = results.prepare_dir(Path(out) / "surface" / result.surface.name)
+    try:
+        return _write_files(result, folder, plot, animate, trajectories)
+    except KeyboardInterrupt:  # each file is whole; the manifest says the set is not
+        results.write_json(manifest(result, "interrupted"), folder / "manifest.json")
+        raise
+
+
+def _write_files(result: SurfaceResult, folder: Path, plot: bool, animate: bool, trajectories: bool) -> list[Path]:
     grid = several_starts(result.summary)
     written = [results.write_csv(result.trajectories, folder / "trajectories.csv")] if trajectories and len(result.trajectories) else []
     written.append(results.write_csv(result.summary, folder / "summary.csv"))
@@ -349,7 +359,7 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     return written
 
 
-def manifest(result: SurfaceResult) -> dict:
+def manifest(result: SurfaceResult, status: str = "finished") -> dict:
     """What ran and where, as an MNIST run folder's manifest.json has it."""
     import sys
 
@@ -357,7 +367,7 @@ def manifest(result: SurfaceResult) -> dict:
     from optbench.backend import cpu_facts
     from optbench.experiment import git_commit
 
-    return {"optbench": __version__, "command": sys.argv, "status": "finished",
+    return {"optbench": __version__, "command": sys.argv, "status": status,
             "written": datetime.now().isoformat(timespec="seconds"), "config": result.config,
             "device": cpu_facts(), "git_commit": git_commit()}
 

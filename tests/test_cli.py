@@ -202,10 +202,14 @@ def test_divergence_is_marked_and_the_others_go_on(tmp_path):
         (["--opt", "sgd", "--lr", "0"], "lr"),
         (["--opt", "sgd", "--steps", "0"], "--steps"),
         (["--opt", "no_such_module:Thing"], "no_such_module"),
+        (["--opt", "adam", "--hp", "beta1=0.9", "--hp", "beta1=0.8"], "--hp beta1 is given twice"),
+        (["--opt", "adam", "--tune", "--hp", "adam.lr=0.1"], "give --tune or --hp lr="),
+        (["--opt", "adam", "--start", "nan", "0"], "not finite"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
-    result = invoke("surface", *args, "--out", tmp_path, "--no-plot")
+    result = invoke("surface", *args, "--out", tmp_path / "out", "--no-plot")
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
     assert result.exit_code == 2
     message = result.output.strip()
     assert fragment in message
@@ -239,6 +243,20 @@ def test_animate_writes_a_gif(tmp_path):
 
     with Image.open(gif) as movie:
         assert movie.n_frames == 16  # one frame per step, start included
+
+
+def test_an_interrupt_while_a_surface_is_written_marks_its_manifest(tmp_path, monkeypatch):
+    from optbench import plots
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "save_trajectories", ctrl_c)
+    result = invoke("surface", "--opt", "sgd", "--fn", "bowl", "--out", tmp_path)
+    assert result.exit_code == 130
+    folder = tmp_path / "surface" / "bowl"
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(folder / "summary.csv")) == 1  # what was written is whole
 
 
 def test_a_start_where_the_surface_is_not_finite_is_refused(tmp_path):

@@ -104,3 +104,5 @@ def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
     assert set(scores["optimizer"]) == {"sgd", "adam"} and scores["score"].between(0, 1).all()
     bad = CliRunner().invoke(app, ["profile", "--fn", "saddle", "--dataset", "none", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "no minimum" in bad.output
+    muon = CliRunner().invoke(app, ["profile", "--opt", "muon", "--dataset", "none", "--out", str(tmp_path / "m")])
+    assert muon.exit_code == 2 and "muon" in muon.output and not (tmp_path / "m").exists()
