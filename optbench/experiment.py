@@ -56,7 +56,7 @@ SUMMARY_COLUMNS = [
     "final_train_loss", "mean_epoch_seconds", "samples_per_s", *TARGET_COLUMNS, "diverged", "status",
 ]
 TUNING_COLUMNS = ["optimizer", "lr", "seed", "final_val_acc", "best_val_acc", "final_val_loss", "final_train_loss",
-                  "diverged", "chosen"]
+                  "diverged", "status", "chosen"]
 
 
 @dataclass
@@ -547,8 +547,8 @@ def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:
     """The tuning grid as tuning.csv rows, with each optimizer's chosen lr: the highest final
-    validation accuracy, then the lower final validation loss, then the smaller lr; members
-    that diverged are never chosen."""
+    validation accuracy, then the lower final validation loss, then the smaller lr; only a
+    member that trained to the end is chosen (status finished: not diverged, not interrupted)."""
     rows = []
     for chunk, log in tuned:
         for k, m in enumerate(chunk):
@@ -559,10 +559,12 @@ def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:
                 "best_val_acc": max(r["val_acc"][k] for r in evals) if evals else np.nan,
                 "final_val_loss": evals[-1]["val_loss"][k] if evals else np.nan,
                 "final_train_loss": evals[-1]["train_loss"][k] if evals else np.nan,
-                "diverged": bool(log.diverged_at[k]), "chosen": False,
+                "diverged": bool(log.diverged_at[k]),
+                "status": "diverged" if log.diverged_at[k] else "interrupted" if log.interrupted else "finished",
+                "chosen": False,
             })
     table = pd.DataFrame(rows, columns=TUNING_COLUMNS)
-    usable = table[~table["diverged"] & table["final_val_acc"].notna()]
+    usable = table[(table["status"] == "finished") & table["final_val_acc"].notna()]
     ranked = usable.assign(_acc=-usable["final_val_acc"]).sort_values(["optimizer", "_acc", "final_val_loss", "lr"], kind="stable")
     table.loc[ranked.groupby("optimizer", sort=False).head(1).index, "chosen"] = True
     return table

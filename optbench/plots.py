@@ -22,6 +22,13 @@ GRID_POINTS = 400
 MAX_FRAMES = 60
 
 
+def _legend(ax, **kwargs) -> None:
+    """The legend, where something labelled was drawn (an interrupted run may have nothing yet:
+    matplotlib would warn on the terminal and draw an empty box)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def optimizer_colors(labels) -> dict[str, tuple]:
     """A stable colour per optimizer: tab20's strong shades first, then its light ones."""
     palette = plt.get_cmap("tab20").colors
@@ -101,7 +108,7 @@ def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
     ax.set_title(_title(surface, trajectories), fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
               title="optimizer (lr); ● end, ✕ diverged", title_fontsize=8)
     return _save(fig, path)
 
@@ -121,7 +128,7 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
     first = trajectories.iloc[0]
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     title = ax.set_title("", fontsize=10)
 
     def draw(step):
@@ -280,7 +287,7 @@ def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("train loss (running mean)")
     ax.set_title("Training loss" + _band_note(curves))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -299,7 +306,7 @@ def save_accuracy(epochs: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy" + _band_note(epochs))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -331,7 +338,7 @@ def save_epoch_times(summary: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Time per epoch" + ("\nmean over seeds, bars: min–max" if (times["count"] > 1).any() else ""))
     if len(devices) > 1:
         ax.set_yscale("log")
-    ax.legend(title="device", frameon=False)
+    _legend(ax, title="device", frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -350,7 +357,7 @@ def save_profile(curves: pd.DataFrame, scores: pd.Series, path: Path, cost: str 
     ax.set_ylabel("fraction of problems solved, ρ(τ)")
     ax.set_title(f"Performance profiles over {curves.attrs.get('problems', '?')} problems (integrated score)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
+    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -393,6 +400,6 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
     ax.set_ylabel(ylabel)
     ax.set_title(f"Learning-rate sensitivity (★ chosen; diverged lrs, and any past {BLOWN_UP:g}, left out)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return _save(fig, path)

@@ -41,7 +41,7 @@ def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]
         written.append(results.write_csv(result.tuning, folder / "tuning.csv"))
     if plot and len(result.summary):
         written += draw_run_plots(folder, result.curves, result.epochs, result.summary)
-    if plot and result.tuning is not None and len(result.tuning):
+    if plot and result.tuning is not None and result.tuning["final_val_acc"].notna().any():  # none if cut short
         from optbench import plots
 
         written.append(plots.save_lr_sensitivity(result.tuning, "final_val_acc", folder / "lr_sensitivity.png",

@@ -206,11 +206,12 @@ def tuning_table(tuning: pd.DataFrame, title: str) -> Table:
     for optimizer, group in tuning.groupby("optimizer", sort=False):
         chosen = group[group["chosen"].astype(bool)]
         grid = group.groupby("lr")["diverged"].agg(lambda d: d.astype(bool).any())
-        lr = _number(float(chosen["lr"].iloc[0]), 3) if len(chosen) else "—"
+        cut = "status" in group.columns and (group["status"] == "interrupted").any()
+        lr = _number(float(chosen["lr"].iloc[0]), 3) if len(chosen) else "— (interrupted)" if cut else "—"
         cells = [optimizer, lr, _percent(chosen["best_val_acc"].mean()), _percent(chosen["final_val_acc"].mean()),
                  f"{int(grid.sum())} of {len(grid)}"]
-        # No chosen lr: every lr of the grid diverged.
-        table.add_row(*map(escape, map(str, cells)), style=None if len(chosen) else "red")
+        # No chosen lr: the grid was interrupted, or every lr of it diverged.
+        table.add_row(*map(escape, map(str, cells)), style="yellow" if cut and not len(chosen) else None if len(chosen) else "red")
     return table
 
 

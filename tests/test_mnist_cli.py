@@ -176,6 +176,29 @@ def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch
     assert pd.read_csv(folder / "curves.csv").groupby("optimizer").size().tolist() == [12, 12]
 
 
+def test_an_interrupted_tuning_grid_is_marked_and_nothing_is_chosen_from_it(tmp_path, mnist_available, monkeypatch):
+    real_train = experiment.train_population
+
+    def train_then_ctrl_c(*args, **kwargs):
+        step = kwargs["on_step"]
+
+        def interrupting(done):
+            step(done)
+            if done == 12:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_step": interrupting})
+
+    monkeypatch.setattr(experiment, "train_population", train_then_ctrl_c)
+    result = invoke("mnist", "--opt", "adam", "--tune", *SMALL, "--validation", "500", "--eval-every", "10",
+                    "--out", tmp_path, "--name", "cut")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert "Warning" not in result.output  # no matplotlib chatter about empty legends
+    tuning = pd.read_csv(tmp_path / "mnist" / "cut" / "tuning.csv")
+    # Seven lrs stopped at step 12: evaluated once (step 10), none trained to the end, none chosen.
+    assert len(tuning) == 7 and set(tuning["status"]) == {"interrupted"} and not tuning["chosen"].any()
+
+
 def test_interrupt_between_populations_is_marked_too(tmp_path, mnist_available, monkeypatch):
     real_population = experiment.Population
     calls = []
