@@ -450,8 +450,9 @@ def _cell_columns(cells: list[Cell]) -> pd.DataFrame:
 def _problem_name(problem: dict) -> str:
     if problem["kind"] == "surface":
         noise = f", noise {problem['noise']:g}" if problem["noise"] else ""
-        return f"{problem['surface']} ({problem['steps']} steps{noise})"
-    length = f"{problem['iterations']} steps" if problem.get("iterations") else f"{problem['epochs']} epochs"
+        return f"{problem['surface']} ({problem['steps']} step{'s' if problem['steps'] != 1 else ''}{noise})"
+    count, unit = (problem["iterations"], "step") if problem.get("iterations") else (problem["epochs"], "epoch")
+    length = f"{count} {unit}{'s' if count != 1 else ''}"
     return f"{problem['dataset']} {'-'.join(map(str, problem['hidden']))} ({length})"
 
 
