@@ -95,7 +95,7 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
             problem = f"{dataset} ({folder.name})"
         else:
             raise OptbenchError(f"{path}: no steps_to_tol or steps_to_target column (a run older than profiles)")
-        _add(columns, problem, best)
+        _add(columns, problem, best, no_target)
     table = pd.DataFrame(columns).T  # NaN: not run on that problem
     table.index.name = "problem"
     table.attrs["no_target"] = no_target

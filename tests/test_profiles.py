@@ -106,3 +106,33 @@ def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
     assert bad.exit_code == 2 and "no minimum" in bad.output
     muon = CliRunner().invoke(app, ["profile", "--opt", "muon", "--dataset", "none", "--out", str(tmp_path / "m")])
     assert muon.exit_code == 2 and "muon" in muon.output and not (tmp_path / "m").exists()
+
+
+def test_a_profile_over_a_surface_and_an_mnist_run_and_the_html_report_of_them(tmp_path):
+    from optbench import datasets
+
+    try:
+        datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+    runner = CliRunner()
+    r = runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", "booth", "--out", str(tmp_path),
+                            "--no-plot", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["mnist", "--opt", "adam", "--opt", "sgd", "--hidden", "32", "--iterations", "60",
+                            "--eval-every", "20", "--train-size", "2000", "--test-size", "500", "--target", "50",
+                            "--out", str(tmp_path), "--name", "m", "--no-plot", "-q"])
+    assert r.exit_code == 0, r.output
+    folders = [str(tmp_path / "surface" / "booth"), str(tmp_path / "mnist" / "m")]
+    r = runner.invoke(app, ["profile", *folders, "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    costs = pd.read_csv(tmp_path / "profile" / "costs.csv").set_index("problem")
+    assert list(costs.index) == ["booth (booth)", "mnist (m)"] and set(costs.columns) == {"adam", "sgd"}
+    # A cost is a number of steps: at most the run's 60 on MNIST, at one of its evaluations.
+    summary = pd.read_csv(tmp_path / "mnist" / "m" / "summary.csv").set_index("optimizer")
+    for name in ("adam", "sgd"):
+        assert costs.loc["mnist (m)", name] == summary.loc[name, "steps_to_target"] or (
+            np.isinf(costs.loc["mnist (m)", name]) and np.isnan(summary.loc[name, "steps_to_target"]))
+    r = runner.invoke(app, ["report", "--html", *folders, "--out", str(tmp_path / "html")])
+    assert r.exit_code == 0, r.output
+    assert "Performance profile over these runs" in (tmp_path / "html" / "report.html").read_text()
