@@ -421,6 +421,10 @@ class _Run:
             if self.interrupted:
                 break
             log = self._train_chunk(chunk, x_train, y_train, eval_sets, index, len(chunks))
+            for k, failure in sorted(log.failures.items()):
+                m = chunk[k]
+                self.reporter.warn(f"{m.optimizer} (lr {m.lr:g}, seed {m.seed}): its update raised {failure} at step "
+                                   f"{int(log.diverged_at[k])}; frozen there and marked failed, the others go on")
             self.chunks.append({"phase": phase, "members": len(chunk), "limit": size, "reason": reason})
             if phase == "final":
                 self.trained.append((chunk, log, per_epoch))
@@ -520,7 +524,7 @@ def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, ba
         steps = np.diff([0] + list(frame["iteration"]))
         seconds = float((steps * batch_size / frame["samples_per_s"]).sum()) if len(frame) else 0.0
         timed = int(steps.sum())
-        diverged = bool(log.diverged_at[k])
+        diverged = log.diverged(k)
         summary.append({
             "optimizer": m.optimizer, "device": device, "lr": m.lr, "schedule": schedule, "seed": m.seed,
             "epochs": round(last / per_epoch, 3),
@@ -531,7 +535,7 @@ def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, ba
             "samples_per_s": timed * batch_size / seconds if timed else np.nan,
             **targets.member_targets(frame, batch_size, target_accuracy, target_loss),
             "diverged": diverged,
-            "status": "diverged" if diverged else "interrupted" if log.interrupted else "finished",
+            "status": log.status(k),
         })
     return pd.concat(curves, ignore_index=True), pd.concat(epochs, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
@@ -559,8 +563,7 @@ def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:
                 "best_val_acc": max(r["val_acc"][k] for r in evals) if evals else np.nan,
                 "final_val_loss": evals[-1]["val_loss"][k] if evals else np.nan,
                 "final_train_loss": evals[-1]["train_loss"][k] if evals else np.nan,
-                "diverged": bool(log.diverged_at[k]),
-                "status": "diverged" if log.diverged_at[k] else "interrupted" if log.interrupted else "finished",
+                "diverged": log.diverged(k), "status": log.status(k),
                 "chosen": False,
             })
     table = pd.DataFrame(rows, columns=TUNING_COLUMNS)

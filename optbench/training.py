@@ -18,6 +18,7 @@ it, and the losses are read back once per step (K values: the divergence check).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -64,9 +65,19 @@ class PopulationLog:
     evaluations: list[dict] = field(default_factory=list)
     done: int = 0
     interrupted: bool = False
+    # member -> what its own update raised; it froze at diverged_at, as a diverged member does
+    failures: dict[int, str] = field(default_factory=dict)
 
     def last_iteration(self, k: int) -> int:
         return int(self.diverged_at[k]) or self.done
+
+    def diverged(self, k: int) -> bool:
+        return bool(self.diverged_at[k]) and k not in self.failures
+
+    def status(self, k: int) -> str:
+        if k in self.failures:
+            return "failed"
+        return "diverged" if self.diverged_at[k] else "interrupted" if self.interrupted else "finished"
 
 
 def shards_of(pop: Population) -> list[slice]:
@@ -198,6 +209,13 @@ def train_population(
             lrs.restore()
 
 
+def _copies(optimizers) -> list:
+    try:
+        return [copy.deepcopy(opt) for opt in optimizers]
+    except Exception:  # something a user's rule holds will not copy: warm up on the rules themselves
+        return list(optimizers)
+
+
 def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, orders_of, total, interval, per_epoch,
            batch_size, weight_decay, sync, on_step, on_eval, lrs) -> PopulationLog:
     active = np.ones(pop.k, dtype=bool)
@@ -234,9 +252,11 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
     # Warm-up (caches, BLAS threads, GPU kernels) on a throwaway copy of everything it touches.
     saved = pop.snapshot()
     layout = parameter_shapes(pop.sizes, pop.batchnorm)  # for the rules that work per tensor
-    warm_updates = MemberUpdates(optimizers, pop.rows, pop.grad_rows, layout)
-    warm_order = orders_of(0)
     lrs.at(1)
+    # Copies: a user's rule may keep state of its own on itself (a step counter, say), which the
+    # warm-up must not advance. A failure in the warm-up is found again in the run, at its step.
+    warm_updates = MemberUpdates(_copies(optimizers), pop.rows, pop.grad_rows, layout)
+    warm_order = orders_of(0)
     with np.errstate(all="ignore"):
         for b in range(min(WARMUP_STEPS, per_epoch)):
             step(warm_order[:, b * batch_size : (b + 1) * batch_size], warm_updates, check=False)
@@ -267,8 +287,9 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
                     values = step(orders[epoch][:, b * batch_size : (b + 1) * batch_size], updates)
                     done += 1
                     log.losses[members, done - 1] = values[members]
-                    bad = [k for k in members if not math.isfinite(values[k])]
+                    bad = [k for k in members if not math.isfinite(values[k]) or k in updates.failures]
                     if bad:
+                        log.failures.update({k: updates.failures[k] for k in bad if k in updates.failures})
                         log.diverged_at[bad] = done
                         active[bad] = False
                         members = [k for k in members if active[k]]
@@ -335,8 +356,8 @@ def member_log(log: PopulationLog, k: int, per_epoch: int) -> TrainLog:
                 entry[key] = float(value[k])
         entry["epoch_seconds"], entry["samples_per_s"] = record["epoch_seconds"], record["samples_per_s"]
         evaluations.append(entry)
-    diverged = bool(log.diverged_at[k])
-    return TrainLog(iterations, evaluations, diverged, log.interrupted and not diverged)
+    stopped = bool(log.diverged_at[k])
+    return TrainLog(iterations, evaluations, log.diverged(k), log.interrupted and not stopped)
 
 
 def train(net: MLP, optimizer, x_train, y_train, x_test, y_test, *, seed: int = 0, shuffle: bool = True,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from optbench.errors import OptbenchError
 from optbench.optimizers import OPTIMIZERS, init_state, instantiate, optimizer_label
 from optbench.schedules import CONSTANT, Schedule, ScheduledLRs
 from optbench.surfaces import Surface
@@ -110,7 +111,12 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
     positions = np.full((steps + 1, n, 2), np.nan)
     losses = np.full((steps + 1, n), np.nan)
     p = starts.copy()
-    state = init_state(optimizer, p)  # no layout: each row is one point, the rule's one vector
+    try:
+        state = init_state(optimizer, p)  # no layout: each row is one point, the rule's one vector
+    except OptbenchError:
+        raise
+    except Exception as exc:  # a user's rule: one line that names it
+        raise OptbenchError(f"{optimizer_label(type(optimizer))}: init(p) raised {type(exc).__name__}: {exc}") from None
     # What is recorded is the rule's answer: its evaluation weights (Schedule-Free's average),
     # which for most rules are the parameters themselves.
     answer = getattr(optimizer, "evaluation_weights", lambda p, state: p)
@@ -120,7 +126,11 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
         with np.errstate(all="ignore"):
             for t in range(1, steps + 1):
                 lrs.at(t)
-                optimizer.update(p, noisy(surface.gradient(p)), state)
+                try:
+                    optimizer.update(p, noisy(surface.gradient(p)), state)
+                except Exception as exc:  # a user's rule: one line that names it and the step
+                    raise OptbenchError(f"{optimizer_label(type(optimizer))}: its update raised "
+                                        f"{type(exc).__name__}: {exc} at step {t} on {surface.name}") from None
                 positions[t] = answer(p, state)
                 losses[t] = surface.value(positions[t])
                 if not np.isfinite(losses[t]).any():

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from optbench import kernels
-from optbench.optimizers import Optimizer, fused_paths, init_state
+from optbench.errors import OptbenchError
+from optbench.optimizers import Optimizer, fused_paths, init_state, optimizer_label
 
 
 class _Group:
@@ -58,6 +59,15 @@ class _Group:
                 self.states[s][name] = stack[s]  # SGD's momentum buffer, made by the first step
 
 
+def _init(opt, p, layout) -> dict:
+    try:
+        return init_state(opt, p, layout)
+    except OptbenchError:
+        raise
+    except Exception as exc:  # a user's init(p): one line that names it, before anything trains
+        raise OptbenchError(f"{optimizer_label(type(opt))}: init(p) raised {type(exc).__name__}: {exc}") from None
+
+
 class MemberUpdates:
     """The optimizer states of a population's members and the step that updates them.
 
@@ -68,7 +78,8 @@ class MemberUpdates:
 
     def __init__(self, optimizers, params, grads, layout=None):
         self.optimizers, self.params, self.grads = list(optimizers), params, grads
-        self.states = [init_state(opt, params[k], layout) for k, opt in enumerate(self.optimizers)]
+        self.states = [_init(opt, params[k], layout) for k, opt in enumerate(self.optimizers)]
+        self.failures: dict[int, str] = {}  # member -> what its own `update` raised
         self.group_of: dict[int, _Group] = {}
         if not kernels.usable(params[0], grads[0], 0.0) or params.ndim != 2:
             return
@@ -91,7 +102,10 @@ class MemberUpdates:
         for k in members:
             group = self.group_of.get(k)
             if group is None:
-                self.optimizers[k].update(self.params[k], self.grads[k], self.states[k])
+                try:
+                    self.optimizers[k].update(self.params[k], self.grads[k], self.states[k])
+                except Exception as exc:  # a bug in a user's rule stops that member, not the population
+                    self.failures.setdefault(k, f"{type(exc).__name__}: {exc}")
             else:
                 grouped.setdefault(id(group), []).append(k)
         for ks in grouped.values():

@@ -179,6 +179,30 @@ def test_user_optimizer_joins_the_builtins(tmp_path, monkeypatch):
     np.testing.assert_allclose(mine[["x", "y"]].to_numpy()[-1], [-7 + 0.3, 2 - 0.3])
 
 
+def test_a_user_rule_that_raises_on_a_surface_is_named_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "buggy.py").write_text(
+        "class Buggy:\n"
+        "    def __init__(self, lr=0.01):\n"
+        "        self.lr = lr\n"
+        "    def init(self, p):\n"
+        "        return {'t': 0}\n"
+        "    def update(self, p, g, state):\n"
+        "        state['t'] += 1\n"
+        "        if state['t'] == 4:\n"
+        "            raise ValueError('my bug')\n"
+        "        p -= self.lr * g\n"
+        "class BadInit(Buggy):\n"
+        "    def init(self, p):\n"
+        "        raise KeyError('oops')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for spec, fragment in (("buggy:Buggy", "Buggy: its update raised ValueError: my bug at step 4 on bowl"),
+                           ("buggy:BadInit", "BadInit: init(p) raised KeyError")):
+        result = invoke("surface", "--opt", spec, "--opt", "sgd", "--fn", "bowl", "--out", tmp_path / "out", "--no-plot")
+        assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_divergence_is_marked_and_the_others_go_on(tmp_path):
     result = invoke("surface", "--opt", "sgd", "--opt", "adam", "--fn", "rosenbrock", "--lr", "0.5", "--steps", "50", "--out", tmp_path, "--no-plot")
     assert result.exit_code == 0, result.output

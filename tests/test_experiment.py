@@ -13,7 +13,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from optbench import datasets
+from optbench import datasets, experiment
 from optbench.cli import app
 from optbench.errors import OptbenchError
 from optbench.experiment import TUNE_FACTORS, Experiment, MnistProblem, learning_rates
@@ -99,6 +99,59 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(da
     assert [r["test_acc"][[0, 2]].tolist() for r in log.evaluations] == [r["test_acc"].tolist() for r in log2.evaluations]
     # The diverged member is not evaluated after it diverged.
     assert all(math.isnan(r["test_acc"][1]) for r in log.evaluations if r["iteration"] >= stopped)
+
+
+class CountingSGD:
+    """A user's rule that keeps a step counter on itself, and raises at step `fail_at`."""
+
+    name = "counting"
+
+    def __init__(self, lr=0.05, fail_at=0):
+        self.lr, self.fail_at, self.t = lr, fail_at, 0
+
+    def init(self, p):
+        return {}
+
+    def update(self, p, g, state):
+        self.t += 1
+        if self.t == self.fail_at:
+            raise ValueError(f"a bug at step {self.t}")
+        p -= self.lr * g
+
+
+def test_a_rule_that_raises_fails_alone_and_the_others_train_as_without_it(data):
+    x, y = data[0], data[1]
+    sizes = (784, 32, 10)
+    pop = Population(sizes, [0, 0, 0])
+    log = train_population(pop, [make_optimizer("adam"), CountingSGD(fail_at=7), make_optimizer("sgd", lr=0.05)],
+                           x, y, {"test": data[2:]}, iterations=40, eval_every=20, batch_size=64)
+    # The warm-up ran on copies, so the rule's own counter says 7 at the run's 7th step.
+    assert log.failures == {1: "ValueError: a bug at step 7"} and int(log.diverged_at[1]) == 7
+    assert log.status(1) == "failed" and not log.diverged(1) and log.status(0) == "finished"
+    without = Population(sizes, [0, 0])
+    log2 = train_population(without, [make_optimizer("adam"), make_optimizer("sgd", lr=0.05)], x, y,
+                            {"test": data[2:]}, iterations=40, eval_every=20, batch_size=64)
+    np.testing.assert_array_equal(pop.rows[[0, 2]], without.rows)
+    np.testing.assert_array_equal(log.losses[[0, 2]], log2.losses)
+    # A rule with a counter of its own trains as a plain SGD does: the warm-up did not advance it.
+    same = Population(sizes, [0, 0])
+    log3 = train_population(same, [CountingSGD(), make_optimizer("sgd", lr=0.05)], x, y, {}, iterations=40, batch_size=64)
+    np.testing.assert_array_equal(log3.losses[0], log3.losses[1])
+
+
+def test_a_failed_member_is_marked_in_the_tables_and_warned_of(data):
+    warnings = []
+
+    class Listener(experiment.Reporter):
+        def warn(self, message):
+            warnings.append(message)
+
+    result = Experiment(optimizers=[CountingSGD, "sgd"], hp=["counting.fail_at=5"], problem=SMALL).run(
+        Listener(), data=data)
+    status = result.summary.set_index("optimizer")["status"]
+    assert status["counting"] == "failed" and status["sgd"] == "finished"
+    assert result.aggregate.set_index("optimizer").loc["counting", "status"] == "1 failed"
+    assert len(warnings) == 1 and "ValueError: a bug at step 5" in warnings[0] and "\n" not in warnings[0]
 
 
 def test_a_diverged_member_is_marked_in_the_tables(data):
