@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,13 +88,19 @@ class MnistProblem:
     def check(self) -> None:
         datasets.get_spec(self.dataset)
         check_options(self.activation, self.init, self.dropout, prefix="--")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise OptbenchError(f"invalid --{name.replace('_', '-')} {getattr(self, name)} (must be >= 1)")
-        for name in ("iterations", "eval_every", "train_size", "test_size", "validation"):
+        for name in ("batch_size", "epochs", "iterations", "eval_every", "train_size", "test_size", "validation"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise OptbenchError(f"invalid --{name.replace('_', '-')} {value} (must be >= 1)")
+            if value is None and name not in ("batch_size", "epochs"):
+                continue
+            if not _whole(value) or value < 1:
+                raise OptbenchError(f"invalid --{name.replace('_', '-')} {value!r} (a whole number >= 1)")
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence) or not all(map(_whole, self.hidden)):
+            raise OptbenchError(f"invalid hidden {self.hidden!r} (the layer widths, e.g. (100, 100); "
+                                "--hidden 100,100 on the command line)")
+        if not isinstance(self.schedule, Schedule):
+            raise OptbenchError(f"invalid schedule {self.schedule!r} (a Schedule, e.g. Schedule('cosine', warmup=0.1))")
+        if not (isinstance(self.weight_decay, Real) and math.isfinite(self.weight_decay)):
+            raise OptbenchError(f"invalid --weight-decay {self.weight_decay!r} (a finite number >= 0)")
         if self.train_size is not None and self.train_size > datasets.TRAIN_IMAGES:
             raise OptbenchError(f"--train-size {self.train_size}: {self.dataset} has {datasets.TRAIN_IMAGES:,} training images")
         if self.test_size is not None and self.test_size > datasets.TEST_IMAGES:
@@ -113,7 +120,8 @@ class MnistProblem:
             raise OptbenchError("--cuda-graph does not support --dropout or --batchnorm (they do not survive replay)")
         self.schedule.check(self.total_steps)
         if self.target is not None and not 0 < self.target <= 1:
-            raise OptbenchError(f"invalid --target {100 * self.target:g} (a test accuracy in percent, in (0, 100])")
+            raise OptbenchError(f"invalid target {self.target:g} (a test accuracy as a fraction in (0, 1]; "
+                                f"--target on the command line takes percent)")
         if self.target_loss is not None and not (math.isfinite(self.target_loss) and self.target_loss > 0):
             raise OptbenchError(f"invalid --target-loss {self.target_loss} (must be a finite number > 0)")
 
@@ -147,8 +155,12 @@ def learning_rates(hparams: dict, lrs: Sequence[float], default: float) -> list[
     return [float(lr) for lr in lrs] or [float(default)]
 
 
+def _whole(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def check_lr(lr: float, option: str = "--lr") -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (isinstance(lr, Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
         raise OptbenchError(f"invalid {option} {lr} (must be a finite number > 0)")
 
 
@@ -204,12 +216,29 @@ class Experiment:
     device: str = "cpu"
     max_population: int | None = None
 
+    def __post_init__(self) -> None:
+        # One name, one --hp string or one lr, as a notebook writes them, stand for a list of one.
+        if isinstance(self.optimizers, str) or isinstance(self.optimizers, type):
+            self.optimizers = (self.optimizers,)
+        if isinstance(self.hp, str):
+            self.hp = (self.hp,)
+        if isinstance(self.lrs, Real):
+            self.lrs = (self.lrs,)
+
     def check(self) -> None:
         """Refuse bad settings before anything is trained or written."""
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise OptbenchError(f"invalid --seeds {self.seeds} (must be >= 1)")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise OptbenchError(f"invalid --seed {self.seed} (must be >= 0)")
+        if not isinstance(self.problem, MnistProblem):
+            raise OptbenchError(f"invalid problem {self.problem!r} (an MnistProblem)")
+        for entry in self.optimizers:
+            if not isinstance(entry, (str, type)):
+                hint = f" (pass the class {type(entry).__name__} itself)" if callable(getattr(entry, "update", None)) else ""
+                raise OptbenchError(f"optimizers takes names, 'module:Class' strings or classes: got {entry!r}{hint}")
+            if isinstance(entry, type) and not (callable(getattr(entry, "init", None)) and callable(getattr(entry, "update", None))):
+                raise OptbenchError(f"{entry.__name__} is not an optimizer class with init(p) and update(p, g, state)")
+        if not _whole(self.seeds) or self.seeds < 1:
+            raise OptbenchError(f"invalid --seeds {self.seeds} (a whole number >= 1)")
+        if not _whole(self.seed) or self.seed < 0:
+            raise OptbenchError(f"invalid --seed {self.seed} (a whole number >= 0)")
         if self.max_population is not None and self.max_population < 1:
             raise OptbenchError(f"invalid --max-population {self.max_population} (must be >= 1)")
         for lr in self.lrs:

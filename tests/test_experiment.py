@@ -342,3 +342,43 @@ def test_shards_split_a_population_over_the_cores(monkeypatch):
 def test_chunks_are_balanced_and_leave_no_population_of_one(data):
     result = Experiment(optimizers=["adam", "sgd", "adamax", "nadam", "radam"], problem=SMALL, max_population=4).run(data=data)
     assert sorted(c["members"] for c in result.manifest["populations"]) == [2, 3]
+
+
+class _Sign:
+    def __init__(self, lr=1e-3):
+        self.lr = lr
+
+    def init(self, p):
+        return {}
+
+    def update(self, p, g, state):
+        p -= self.lr * np.sign(g)
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"optimizers": ["sgd", _Sign()]}, "pass the class _Sign itself"),
+    ({"optimizers": [42]}, "got 42"),
+    ({"optimizers": [dict]}, "dict is not an optimizer class"),
+    ({"problem": None}, "invalid problem None"),
+    ({"problem": MnistProblem(hidden=32)}, "invalid hidden 32"),
+    ({"problem": MnistProblem(hidden="32,32")}, "invalid hidden '32,32'"),
+    ({"problem": MnistProblem(schedule="cosine")}, "a Schedule"),
+    ({"problem": MnistProblem(batch_size=1.5)}, "--batch-size 1.5 (a whole number"),
+    ({"problem": MnistProblem(iterations=2.5)}, "--iterations 2.5"),
+    ({"problem": MnistProblem(weight_decay=float("nan"))}, "--weight-decay nan"),
+    ({"problem": MnistProblem(target=97)}, "a fraction in (0, 1]"),
+    ({"seeds": np.int64(0)}, "--seeds 0"),
+])
+def test_the_python_api_refuses_bad_settings_with_one_line(settings, fragment):
+    # A notebook's mistakes: an OptbenchError that says what is wrong, not a TypeError from deep inside.
+    with pytest.raises(OptbenchError) as excinfo:
+        Experiment(**settings).check()
+    assert fragment in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_the_python_api_takes_one_name_one_hp_one_lr_and_numpy_numbers():
+    plan = Experiment(optimizers="adam", hp="adam.beta1=0.8", lrs=0.01, seeds=np.int64(2), seed=np.int64(1))
+    plan.check()
+    assert [(m.optimizer, m.lr, m.seed, m.hparams) for m in plan.members()] == [
+        ("adam", 0.01, 1, {"beta1": 0.8}), ("adam", 0.01, 2, {"beta1": 0.8})]
+    Experiment(lrs=[np.float32(1e-3)]).check()
