@@ -220,7 +220,7 @@ def mnist_command(
     seed: Annotated[int, typer.Option("--seed", min=0, help="First seed of the initial weights and the batch order.")] = 0,
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training images.")] = None,
     test_size: Annotated[Optional[int], typer.Option("--test-size", help="Use only the first N test images.")] = None,
-    max_population: Annotated[Optional[int], typer.Option("--max-population", help="Train at most N members at once (default: as many as fit in memory).")] = None,
+    max_population: Annotated[Optional[int], typer.Option("--max-population", help="Train at most N members at once (default: as many as fit in half the memory).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: dataset-device-time).")] = None,
     out: OutOption = Path("results"),
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw loss.png, accuracy.png, time.png.")] = True,
@@ -352,8 +352,8 @@ class _TerminalReporter:
 
 @app.command("report")
 def report_command(
-    runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist (with --html also surface and profile folders).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to draw the plots (default: the run folder, or results/mnist/report for several).")] = None,
+    runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist, or sweep stores (with --html also surface and profile folders).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the run folder for one; for several, results/mnist/report, or results/report with --html).")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Redraw loss.png, accuracy.png, time.png.")] = True,
     html: Annotated[bool, typer.Option("--html", help="Write report.html: every plot, sortable table, configuration and environment in one file.")] = False,
 ) -> None:
@@ -369,6 +369,11 @@ def report_command(
         return
     from optbench import sweep
 
+    for folder in runs_:
+        kind = html_report.folder_kind(folder)
+        if kind not in ("mnist", "sweep"):
+            raise OptbenchError(f"{folder} is a {kind} folder: `optbench report --html` reads it; without --html, "
+                                "report reads MNIST runs and sweep stores")
     stores = [folder for folder in runs_ if sweep.is_store(folder)]
     if stores:
         if len(stores) < len(runs_):
@@ -401,7 +406,7 @@ def report_command(
 
 @app.command("profile")
 def profile_command(
-    folders: Annotated[Optional[list[Path]], typer.Argument(help="Run folders: results/surface/<name> and results/mnist/<run>. None: run the problem set.")] = None,
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Run folders (results/surface/<name>, results/mnist/<run>) or sweep stores. None: run the problem set.")] = None,
     cost: Annotated[str, typer.Option("--cost", help="steps or seconds (MNIST runs only) to the target.")] = "steps",
     r_max: Annotated[float, typer.Option("--r-max", help="Profiles drawn and integrated for tau in [1, r_max].")] = 4.0,
     opt: OptOption = None,

@@ -117,7 +117,11 @@ def test_report_of_a_run_interrupted_before_any_member_trained(tmp_path):
 
 def test_report_names_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("report", tmp_path)
-    assert result.exit_code == 2 and "not an optbench mnist run folder" in result.output
+    assert result.exit_code == 2 and "is not an optbench run folder" in result.output
+    # A surface folder is a run, but not one report reads without --html: it says so.
+    assert invoke("surface", "--opt", "sgd", "--fn", "bowl", "--out", tmp_path, "--no-plot", "-q").exit_code == 0
+    result = invoke("report", tmp_path / "surface" / "bowl")
+    assert result.exit_code == 2 and "`optbench report --html` reads it" in result.output
 
 
 @pytest.mark.skipif(gpu_available(), reason="this machine has a GPU: the missing-GPU error cannot be shown")
