@@ -155,7 +155,9 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
     assert fragment in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch):
+@pytest.fixture
+def ctrl_c_at_step_12(monkeypatch):
+    """Ctrl-C as training reaches step 12 (inside the training loop)."""
     real_train = experiment.train_population
 
     def train_then_ctrl_c(*args, **kwargs):
@@ -169,6 +171,9 @@ def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch
         return real_train(*args, **{**kwargs, "on_step": interrupting})
 
     monkeypatch.setattr(experiment, "train_population", train_then_ctrl_c)
+
+
+def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, ctrl_c_at_step_12):
     result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--out", tmp_path, "--name", "cut", "--no-plot")
     assert result.exit_code == 130
     folder = tmp_path / "mnist" / "cut"
@@ -180,20 +185,7 @@ def test_interrupt_keeps_what_was_trained(tmp_path, mnist_available, monkeypatch
     assert pd.read_csv(folder / "curves.csv").groupby("optimizer").size().tolist() == [12, 12]
 
 
-def test_an_interrupted_tuning_grid_is_marked_and_nothing_is_chosen_from_it(tmp_path, mnist_available, monkeypatch):
-    real_train = experiment.train_population
-
-    def train_then_ctrl_c(*args, **kwargs):
-        step = kwargs["on_step"]
-
-        def interrupting(done):
-            step(done)
-            if done == 12:
-                raise KeyboardInterrupt
-
-        return real_train(*args, **{**kwargs, "on_step": interrupting})
-
-    monkeypatch.setattr(experiment, "train_population", train_then_ctrl_c)
+def test_an_interrupted_tuning_grid_is_marked_and_nothing_is_chosen_from_it(tmp_path, mnist_available, ctrl_c_at_step_12):
     result = invoke("mnist", "--opt", "adam", "--tune", *SMALL, "--validation", "500", "--eval-every", "10",
                     "--out", tmp_path, "--name", "cut")
     assert result.exit_code == 130 and "interrupted" in result.output

@@ -391,13 +391,7 @@ def test_a_mixed_store_reads_whole_with_pandas_alone_and_keeps_different_setting
         kind = "surface"
         surface = "bowl"
         tol = 0.1
-        [[problems]]
-        kind = "mnist"
-        hidden = [16]
-        iterations = 10
-        train_size = 1000
-        test_size = 200
-    """))
+    """ + MNIST_PROBLEM))
     sweep.run_sweep(spec, tmp_path / "store")
     # pyarrow takes a folder's schema from one part: every part carries every column.
     cells = pd.read_parquet(tmp_path / "store" / "cells")
