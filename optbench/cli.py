@@ -477,7 +477,7 @@ def _profile_costs(folders: list[Path], cost: str):
     if costs.shape[1] == 0:
         raise OptbenchError("no optimizer ran on every one of these problems")
     costs.attrs["left_out"] = left_out
-    costs.attrs["no_target"] = list(dict.fromkeys(table.attrs.get("no_target", [])))
+    costs.attrs["no_target"] = table.attrs.get("no_target", [])
     return costs
 
 

@@ -120,8 +120,8 @@ class MnistProblem:
             raise OptbenchError("--cuda-graph does not support --dropout or --batchnorm (they do not survive replay)")
         self.schedule.check(self.total_steps)
         if self.target is not None and not 0 < self.target <= 1:
-            raise OptbenchError(f"invalid target {self.target:g} (a test accuracy as a fraction in (0, 1]; "
-                                f"--target on the command line takes percent)")
+            raise OptbenchError(f"invalid target: a test accuracy of {100 * self.target:g} % (--target takes percent "
+                                f"in (0, 100]; the Python API's MnistProblem a fraction in (0, 1])")
         if self.target_loss is not None and not (math.isfinite(self.target_loss) and self.target_loss > 0):
             raise OptbenchError(f"invalid --target-loss {self.target_loss} (must be a finite number > 0)")
 
@@ -239,8 +239,8 @@ class Experiment:
             raise OptbenchError(f"invalid --seeds {self.seeds} (a whole number >= 1)")
         if not _whole(self.seed) or self.seed < 0:
             raise OptbenchError(f"invalid --seed {self.seed} (a whole number >= 0)")
-        if self.max_population is not None and self.max_population < 1:
-            raise OptbenchError(f"invalid --max-population {self.max_population} (must be >= 1)")
+        if self.max_population is not None and (not _whole(self.max_population) or self.max_population < 1):
+            raise OptbenchError(f"invalid --max-population {self.max_population} (a whole number >= 1)")
         for lr in self.lrs:
             check_lr(lr)
         if self.tune and self.lrs:
@@ -323,9 +323,10 @@ class Experiment:
                 run.train(first, splits, {"val": splits["val"]}, phase="tune")
                 run.tuning = choose_lrs(run.tuned)
                 best = {row.optimizer: [row.lr] for row in run.tuning[run.tuning["chosen"]].itertuples()}
-                for label in dict.fromkeys(run.tuning["optimizer"]):
-                    if label not in best:
-                        reporter.warn(f"{label}: every lr of the tuning grid diverged; it is left out of the final runs")
+                for label, grid in run.tuning.groupby("optimizer", sort=False):
+                    if label not in best and not run.interrupted:
+                        what = "diverged" if grid["diverged"].all() else "diverged or failed"
+                        reporter.warn(f"{label}: every lr of the tuning grid {what}; it is left out of the final runs")
                 if not run.interrupted and best:
                     final = [m for m in self.members(best) if m.optimizer in best]
                     reporter.phase(f"chosen lrs over {self.seeds} seed(s): {len(final)} members")
@@ -512,7 +513,7 @@ class _Run:
             "config": {**asdict(self.problem), "seed": e.seed, "seeds": e.seeds, "lrs": list(e.lrs), "tune": e.tune,
                        "tune_factors": list(TUNE_FACTORS) if e.tune else None, "max_population": e.max_population},
             # lr: what each ran at (its default for MNIST, --lr, or the tuned one), not the class's default
-            "optimizers": {label: {**defaults_of(cls), **hparams, "lr": _lrs_run(summary, label)}
+            "optimizers": {label: {**defaults_of(cls), **hparams, "lr": lrs_run(summary.loc[summary["optimizer"] == label, "lr"])}
                            for label, cls, hparams in e.selected()},
             "members": summary[["optimizer", "lr", "seed", "status"]].to_dict("records"),
             "populations": self.chunks,
@@ -521,9 +522,10 @@ class _Run:
         }
 
 
-def _lrs_run(summary: pd.DataFrame, label: str):
-    lrs = list(dict.fromkeys(float(lr) for lr in summary.loc[summary["optimizer"] == label, "lr"]))
-    return lrs[0] if len(lrs) == 1 else lrs
+def lrs_run(lrs) -> float | list[float] | None:
+    """For a manifest: the lr an optimizer ran at, the list of them, or None (it did not run)."""
+    lrs = list(dict.fromkeys(float(lr) for lr in lrs))
+    return lrs[0] if len(lrs) == 1 else lrs or None
 
 
 def _concat(frames, columns) -> pd.DataFrame:
@@ -574,8 +576,10 @@ def _last(column: pd.Series) -> float:
 
 
 def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """Best test accuracy first; diverged members last."""
-    return summary.sort_values(["diverged", "best_test_acc"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    """Best test accuracy first; members that stopped early (diverged, or their rule failed) last."""
+    stopped = summary["diverged"].astype(bool) | (summary["status"] == "failed")
+    return (summary.assign(_stopped=stopped).sort_values(["_stopped", "best_test_acc"], ascending=[True, False], kind="stable")
+            .drop(columns="_stopped").reset_index(drop=True))
 
 
 def choose_lrs(tuned: list[tuple[list[Member], PopulationLog]]) -> pd.DataFrame:

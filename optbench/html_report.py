@@ -200,7 +200,7 @@ def _profile_section(problems: list[Path]) -> str:
     except OptbenchError as exc:
         return "\n".join(parts + [f'<p class="note">No profile: {_e(str(exc))}</p>'])
     costs, left_out = profiles.on_every_problem(table)
-    no_target = list(dict.fromkeys(table.attrs.get("no_target", [])))
+    no_target = table.attrs.get("no_target", [])
     if not len(costs):
         return "\n".join(parts + ['<p class="note">No profile: none of these runs is a problem with a target'
                                    + (f' (no minimum: {_e(", ".join(no_target))})' if no_target else "") + '.</p>'])

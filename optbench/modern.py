@@ -146,7 +146,7 @@ class _ScheduleFree(Optimizer):
     what is evaluated and reported (`evaluation_weights`)."""
 
     # The reference takes a whole number of steps: a fraction would lift the warmup past the peak.
-    ranges = {"warmup_steps": (lambda v: v >= 0 and v == int(v), "a whole number >= 0")}
+    ranges = {"warmup_steps": (lambda v: np.isfinite(v) and v >= 0 and v == np.floor(v), "a whole number >= 0")}
 
     def evaluation_weights(self, p, state: dict):
         """x, the averaged weights, from y (= p) and z; p itself before the first step."""

@@ -98,7 +98,7 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
         _add(columns, problem, best, no_target)
     table = pd.DataFrame(columns).T  # NaN: not run on that problem
     table.index.name = "problem"
-    table.attrs["no_target"] = no_target
+    table.attrs["no_target"] = list(dict.fromkeys(no_target))  # a sweep names each start's problem alike
     return table
 
 

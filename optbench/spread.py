@@ -51,8 +51,9 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (optimizer, device, lr), group in summary.groupby(GROUP, sort=False, dropna=False):
         row = {"optimizer": optimizer, "device": device, "lr": lr, "seeds": len(group)}
+        failed = group["status"] == "failed"  # its rule raised: what it had reached is no result
         for metric in METRICS:
-            values = _finite(group[metric])
+            values = _finite(group[metric]).where(~failed)
             row.update({f"{metric}_mean": values.mean(), f"{metric}_std": values.std(ddof=1),
                         f"{metric}_min": values.min(), f"{metric}_max": values.max()})
         row["mean_epoch_seconds"] = _finite(group["mean_epoch_seconds"]).mean()

@@ -20,7 +20,7 @@ import pandas as pd
 
 from optbench import results
 from optbench.errors import OptbenchError
-from optbench.experiment import check_lr, learning_rates
+from optbench.experiment import check_lr, learning_rates, lrs_run
 from optbench.optimizers import OPTIMIZERS, Contender, defaults_of
 from optbench.spread import series_label
 from optbench.surface_lrs import SURFACE_LRS
@@ -161,15 +161,9 @@ def run_surface(
         {"surface": surface.name, "formula": surface.formula, "steps": steps, "starts": len(points),
          "start": list(points[0]) if len(points) == 1 else None, "lrs": list(lrs), "tune": tune,
          "schedule": schedule.label(), "tol": tol, "noise": noise, "seeds": list(seeds),
-         "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams, "lr": _lrs_run(members, c.label)} for c in contenders},
+         "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams, "lr": lrs_run(m.lr for m in members if m.optimizer == c.label)} for c in contenders},
          "steps_run": steps},
     )
-
-
-def _lrs_run(members, label: str):
-    """The lr an optimizer ran at (from --lr, the surface's table or tuning), or its list."""
-    lrs = list(dict.fromkeys(float(m.lr) for m in members if m.optimizer == label))
-    return lrs[0] if len(lrs) == 1 else lrs
 
 
 AGGREGATE_COLUMNS = ["surface", "optimizer", "lr", "seeds", "final_loss_median", "final_loss_min", "final_loss_max",

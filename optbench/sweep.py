@@ -264,7 +264,7 @@ class Population:
 
 def expand(sweep: SweepFile) -> list[Cell]:
     """Every cell of the sweep, problem by problem, schedule, optimizer, lr, start, seed."""
-    from optbench.optimizers import OPTIMIZERS, resolve_hparams, select_optimizers
+    from optbench.optimizers import OPTIMIZERS, instantiate, resolve_hparams, select_optimizers
     from optbench.schedules import Schedule
 
     data = sweep.data
@@ -277,7 +277,7 @@ def expand(sweep: SweepFile) -> list[Cell]:
         raise sweep.error(str(exc), "hp" if "--hp" in str(exc) else "optimizers") from None
     for label, cls in selected:  # hyperparameters out of range stop here, before anything runs
         try:
-            cls(**typed[label])
+            instantiate(cls, **typed[label])
         except OptbenchError as exc:
             raise sweep.error(str(exc), "hp" if pairs else "optimizers") from None
     seeds = data.get("seeds", 1)
@@ -450,9 +450,10 @@ def _cell_columns(cells: list[Cell]) -> pd.DataFrame:
 def _problem_name(problem: dict) -> str:
     if problem["kind"] == "surface":
         noise = f", noise {problem['noise']:g}" if problem["noise"] else ""
-        return f"{problem['surface']} ({problem['steps']} step{'s' if problem['steps'] != 1 else ''}{noise})"
-    count, unit = (problem["iterations"], "step") if problem.get("iterations") else (problem["epochs"], "epoch")
-    length = f"{count} {unit}{'s' if count != 1 else ''}"
+        return f"{problem['surface']} ({problem['steps']} steps{noise})"
+    # Plural even for one: a store's parts keep the names they were written with, and a resumed
+    # store must not name one problem two ways.
+    length = f"{problem['iterations']} steps" if problem.get("iterations") else f"{problem['epochs']} epochs"
     return f"{problem['dataset']} {'-'.join(map(str, problem['hidden']))} ({length})"
 
 
@@ -916,11 +917,11 @@ def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
             ["problem_id", "problem", "optimizer", "lr", "schedule"], sort=False):
         surface = group["kind"].iloc[0] == "surface"
         metric = "final_loss" if surface else "final_test_acc"
-        ok = ~group["diverged"].astype(bool)
+        ok = ~group["diverged"].astype(bool) & (group["status"] != "failed")  # a failed rule's numbers are none
         values = pd.to_numeric(group[metric], errors="coerce").where(ok)
         steps = pd.to_numeric(group["steps_to_tol" if surface else "steps_to_target"], errors="coerce")
         rows.append({"problem": problem, "optimizer": optimizer, "lr": lr, "schedule": schedule, "seeds": len(group),
-                     "finished": int((group["status"] == "finished").sum()), "diverged": int((~ok).sum()),
+                     "finished": int((group["status"] == "finished").sum()), "diverged": int(group["diverged"].astype(bool).sum()),
                      "metric": metric, "metric_median": values.median(), "metric_min": values.min(),
                      "metric_max": values.max(), "reached": int(steps.notna().sum()),
                      "steps_to_target_median": steps.median()})

@@ -30,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from optbench.backend import get_array_module, to_numpy
+from optbench.errors import OptbenchError
 from optbench.graphs import GraphedStep
 from optbench.mlp import MLP, Population, parameter_shapes, softmax_cross_entropy
 from optbench.schedules import CONSTANT, Schedule, ScheduledLRs
@@ -56,7 +57,8 @@ class PopulationLog:
     """What a population's training recorded, one column per member.
 
     `losses[k, i]` is member k's train loss at iteration i + 1 (NaN where it did not train);
-    `diverged_at[k]` the iteration whose loss was non-finite (0: never); `evaluations` one dict
+    `diverged_at[k]` the iteration at which member k was frozen (0: never): its loss was
+    non-finite there, or its rule raised (then `failures[k]` says what: see `diverged`, `status`); `evaluations` one dict
     per evaluation with per-member arrays (NaN for frozen members).
     """
 
@@ -356,6 +358,8 @@ def member_log(log: PopulationLog, k: int, per_epoch: int) -> TrainLog:
                 entry[key] = float(value[k])
         entry["epoch_seconds"], entry["samples_per_s"] = record["epoch_seconds"], record["samples_per_s"]
         evaluations.append(entry)
+    if k in log.failures:  # a model trained alone has no others to go on: say what stopped it
+        raise OptbenchError(f"its update raised {log.failures[k]} at step {int(log.diverged_at[k])}")
     stopped = bool(log.diverged_at[k])
     return TrainLog(iterations, evaluations, log.diverged(k), log.interrupted and not stopped)
 

@@ -126,8 +126,11 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
         with np.errstate(all="ignore"):
             for t in range(1, steps + 1):
                 lrs.at(t)
+                g = noisy(surface.gradient(p))
                 try:
-                    optimizer.update(p, noisy(surface.gradient(p)), state)
+                    optimizer.update(p, g, state)
+                except OptbenchError:
+                    raise
                 except Exception as exc:  # a user's rule: one line that names it and the step
                     raise OptbenchError(f"{optimizer_label(type(optimizer))}: its update raised "
                                         f"{type(exc).__name__}: {exc} at step {t} on {surface.name}") from None

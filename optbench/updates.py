@@ -20,7 +20,9 @@ import numpy as np
 
 from optbench import kernels
 from optbench.errors import OptbenchError
-from optbench.optimizers import Optimizer, fused_paths, init_state, optimizer_label
+from optbench.optimizers import OPTIMIZERS, Optimizer, fused_paths, init_state, optimizer_label
+
+BUILTIN_CLASSES = frozenset(OPTIMIZERS.values())
 
 
 class _Group:
@@ -59,6 +61,10 @@ class _Group:
                 self.states[s][name] = stack[s]  # SGD's momentum buffer, made by the first step
 
 
+def _builtin(opt) -> bool:
+    return type(opt) in BUILTIN_CLASSES
+
+
 def _init(opt, p, layout) -> dict:
     try:
         return init_state(opt, p, layout)
@@ -88,7 +94,9 @@ class MemberUpdates:
             kernel = fused_paths(type(opt)).numba
             # A class that overrides `update` (a subclass that clips, say) is updated by its own.
             own_update = type(opt).update is not Optimizer.update
-            if isinstance(kernel, kernels.RowsKernel) and np.isscalar(opt.lr) and not own_update:
+            # A user's class (a subclass with its own step_scalars, say) runs on its own, where a
+            # failure of its code stops that member only (`step`).
+            if isinstance(kernel, kernels.RowsKernel) and np.isscalar(opt.lr) and not own_update and _builtin(opt):
                 by_layout.setdefault((kernel.name, kernel.state_arrays(opt)), []).append(k)
         for (name, _), members in by_layout.items():
             group = _Group(fused_paths(type(self.optimizers[members[0]])).numba, members, self.optimizers,
@@ -102,8 +110,12 @@ class MemberUpdates:
         for k in members:
             group = self.group_of.get(k)
             if group is None:
+                opt = self.optimizers[k]
+                if _builtin(opt):  # a failure of ours (or out of memory) stops the run, as it should
+                    opt.update(self.params[k], self.grads[k], self.states[k])
+                    continue
                 try:
-                    self.optimizers[k].update(self.params[k], self.grads[k], self.states[k])
+                    opt.update(self.params[k], self.grads[k], self.states[k])
                 except Exception as exc:  # a bug in a user's rule stops that member, not the population
                     self.failures.setdefault(k, f"{type(exc).__name__}: {exc}")
             else:

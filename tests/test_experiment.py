@@ -139,6 +139,40 @@ def test_a_rule_that_raises_fails_alone_and_the_others_train_as_without_it(data)
     np.testing.assert_array_equal(log3.losses[0], log3.losses[1])
 
 
+def test_a_subclass_of_a_built_in_rule_that_fails_is_isolated_too(data):
+    # A user's subclass that changes step_scalars keeps the fused update; it runs apart from the
+    # built-ins' launch, so its failure stops it alone. Unfailing, it trains bitwise as Adam does.
+    from optbench.optimizers import Adam
+
+    class FlakyAdam(Adam):
+        name = "flaky"
+        fail_at = 9
+
+        def step_scalars(self, state):
+            if state["step"] == self.fail_at:
+                raise RuntimeError("flaky")
+            return super().step_scalars(state)
+
+    x, y = data[0], data[1]
+    sizes = (784, 32, 10)
+    pop = Population(sizes, [0, 0, 0])
+    steady = FlakyAdam()
+    steady.fail_at = -1
+    log = train_population(pop, [make_optimizer("adam"), FlakyAdam(), steady], x, y, {}, iterations=30, batch_size=64)
+    assert log.failures == {1: "RuntimeError: flaky"} and int(log.diverged_at[1]) == 9
+    np.testing.assert_array_equal(log.losses[0], log.losses[2])
+    np.testing.assert_array_equal(pop.rows[0], pop.rows[2])
+
+
+def test_a_model_trained_alone_whose_rule_raises_says_so():
+    from optbench.training import train
+
+    x = np.random.default_rng(0).standard_normal((256, 784)).astype(np.float32)
+    y = np.arange(256) % 10
+    with pytest.raises(OptbenchError, match="its update raised ValueError: a bug at step 3 at step 3"):
+        train(MLP((784, 16, 10)), CountingSGD(fail_at=3), x, y, x[:64], y[:64], iterations=10, batch_size=64)
+
+
 def test_a_failed_member_is_marked_in_the_tables_and_warned_of(data):
     warnings = []
 
@@ -150,6 +184,7 @@ def test_a_failed_member_is_marked_in_the_tables_and_warned_of(data):
         Listener(), data=data)
     status = result.summary.set_index("optimizer")["status"]
     assert status["counting"] == "failed" and status["sgd"] == "finished"
+    assert result.summary["optimizer"].tolist() == ["sgd", "counting"]  # what stopped early goes last
     assert result.aggregate.set_index("optimizer").loc["counting", "status"] == "1 failed"
     assert len(warnings) == 1 and "ValueError: a bug at step 5" in warnings[0] and "\n" not in warnings[0]
 
@@ -366,8 +401,10 @@ class _Sign:
     ({"problem": MnistProblem(batch_size=1.5)}, "--batch-size 1.5 (a whole number"),
     ({"problem": MnistProblem(iterations=2.5)}, "--iterations 2.5"),
     ({"problem": MnistProblem(weight_decay=float("nan"))}, "--weight-decay nan"),
-    ({"problem": MnistProblem(target=97)}, "a fraction in (0, 1]"),
+    ({"problem": MnistProblem(target=97)}, "9700 % (--target takes percent"),
     ({"seeds": np.int64(0)}, "--seeds 0"),
+    ({"max_population": 2.5}, "--max-population 2.5"),
+    ({"optimizers": ["sf_sgd"], "hp": ["warmup_steps=inf"]}, "warmup_steps inf"),
 ])
 def test_the_python_api_refuses_bad_settings_with_one_line(settings, fragment):
     # A notebook's mistakes: an OptbenchError that says what is wrong, not a TypeError from deep inside.
