@@ -83,16 +83,15 @@ class Schedule:
             out[:w] = t[:w] / w
         after = t[w:] - 1 - w  # steps since the warmup ended, 0 at its first step
         span = total_steps - w - 1  # reached at the last step
+        decay = span if self.kind in ("cosine", "linear") else self.decay_steps(total_steps) - 1
         if self.kind == "cosine" and span > 0:
             out[w:] = m + (1 - m) * (1 + np.cos(np.pi * after / span)) / 2
         elif self.kind == "linear" and span > 0:
             out[w:] = 1 + (m - 1) * after / span
-        elif self.kind == "wsd":
-            d = self.decay_steps(total_steps)
-            into_decay = t[total_steps - d:] - (total_steps - d) - 1
-            if d > 1:
-                out[total_steps - d:] = 1 + (m - 1) * into_decay / (d - 1)
-        if self.kind != "constant" and total_steps > max(w, 1):
+        elif self.kind == "wsd" and decay > 0:
+            into_decay = t[total_steps - decay - 1:] - (total_steps - decay - 1) - 1
+            out[total_steps - decay - 1:] = 1 + (m - 1) * into_decay / decay
+        if self.kind != "constant" and decay == 0 and total_steps > max(w, 1):
             # A decay of one step (PyTorch's composition divides by zero there) is that last step,
             # at the minimum; unless it is also the run's first step at the peak (a run of one).
             out[-1] = m

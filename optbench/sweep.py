@@ -412,15 +412,15 @@ def run_population(population: Population) -> dict:
     """Train every cell of `population`; return its two store parts, already Parquet:
     {'cells': bytes, 'curves': bytes, 'worker': 'host:pid'}. They are encoded where the population
     ran, so a client serving many workers only writes bytes. Pure: the same population gives the
-    same bytes anywhere."""
-    cells, curves = train_population(population)
+    same rows anywhere (the files' footers name the pyarrow that wrote them)."""
+    cells, curves = _train_cells(population)
     ids = {"population": population.id}
     cells_schema, curves_schema = _arrow_schemas()
     return {"cells": encode(cells.assign(**ids), cells_schema), "curves": encode(curves.assign(**ids), curves_schema),
             "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
-def train_population(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _train_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cells' rows and their curve points, as DataFrames."""
     from threadpoolctl import threadpool_limits
 
