@@ -58,8 +58,9 @@ class PopulationLog:
 
     `losses[k, i]` is member k's train loss at iteration i + 1 (NaN where it did not train);
     `diverged_at[k]` the iteration at which member k was frozen (0: never): its loss was
-    non-finite there, or its rule raised (then `failures[k]` says what: see `diverged`, `status`); `evaluations` one dict
-    per evaluation with per-member arrays (NaN for frozen members).
+    non-finite there, or its rule raised (then `failures[k]` says what; see `diverged`,
+    `status`); `evaluations` one dict per evaluation with per-member arrays (NaN for frozen
+    members).
     """
 
     losses: np.ndarray
