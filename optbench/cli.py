@@ -478,6 +478,7 @@ def _profile_costs(folders: list[Path], cost: str):
         raise OptbenchError("no optimizer ran on every one of these problems")
     costs.attrs["left_out"] = left_out
     costs.attrs["no_target"] = table.attrs.get("no_target", [])
+    costs.attrs["unfinished"] = table.attrs.get("unfinished", [])
     return costs
 
 
@@ -503,6 +504,9 @@ def _write_profile(costs, cost: str, r_max: float, folder: Path, quiet: bool) ->
         err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(costs.attrs['left_out']))}")
     if costs.attrs.get("no_target"):
         err_console.print(f"[yellow]left out[/] (no minimum, so no target): {escape(', '.join(costs.attrs['no_target']))}")
+    if costs.attrs.get("unfinished"):
+        err_console.print(f"[yellow]not finished[/] (interrupted: counted with what they had reached): "
+                          f"{escape(', '.join(costs.attrs['unfinished']))}")
     console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
                                                          f"(integrated score on [1, {r_max:g}])"))
     console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")

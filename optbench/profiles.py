@@ -64,12 +64,15 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
     left out. A MNIST run folder is one problem per data set:
     the median over seeds of the steps (or seconds) to the target accuracy. inf: it ran and never
     reached the target; NaN: it did not run on that problem. A surface without a minimum (a
-    saddle) has no target: it is left out and named in `attrs["no_target"]`.
+    saddle) has no target: it is left out and named in `attrs["no_target"]`. A folder whose
+    manifest says it did not finish (interrupted) counts with what it had, named in
+    `attrs["unfinished"]`.
     """
     if cost not in ("steps", "seconds"):
         raise OptbenchError(f"invalid --cost {cost!r} (steps or seconds)")
     columns: dict[str, dict[str, float]] = {}
     no_target: list[str] = []  # surfaces without a minimum (the saddles): no target to reach
+    unfinished = [str(f) for f in map(Path, folders) if _status(f) not in ("finished", None)]
     from optbench import sweep
 
     for folder in map(Path, folders):
@@ -99,6 +102,7 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
     table = pd.DataFrame(columns).T  # NaN: not run on that problem
     table.index.name = "problem"
     table.attrs["no_target"] = list(dict.fromkeys(no_target))  # a sweep names each start's problem alike
+    table.attrs["unfinished"] = unfinished
     return table
 
 
@@ -193,6 +197,14 @@ def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     the names of those left out."""
     complete = costs.notna().all(axis=0)
     return costs.loc[:, complete], [str(name) for name in costs.columns[~complete]]
+
+
+def _status(folder: Path) -> str | None:
+    """The manifest's status ("finished", "interrupted", ...), None without one (older runs)."""
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _dataset(folder: Path) -> str:

@@ -136,3 +136,17 @@ def test_a_profile_over_a_surface_and_an_mnist_run_and_the_html_report_of_them(t
     r = runner.invoke(app, ["report", "--html", *folders, "--out", str(tmp_path / "html")])
     assert r.exit_code == 0, r.output
     assert "Performance profile over these runs" in (tmp_path / "html" / "report.html").read_text()
+
+
+def test_a_profile_names_a_folder_that_did_not_finish(tmp_path):
+    import json
+
+    runner = CliRunner()
+    for name in ("bowl", "booth"):
+        assert runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", name, "--out", str(tmp_path),
+                                   "--no-plot", "-q"]).exit_code == 0
+    manifest = tmp_path / "surface" / "booth" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "interrupted"}))
+    r = runner.invoke(app, ["profile", str(tmp_path / "surface" / "bowl"), str(tmp_path / "surface" / "booth"),
+                            "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "not finished" in r.output and "booth" in r.output.split("not finished")[1], r.output
