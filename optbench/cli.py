@@ -727,8 +727,9 @@ def data_fetch_command(
     with progress:
         report = _download_reporter(progress)
         for name in names or list(datasets.DATASETS):
-            x_train, _, x_test, _ = datasets.load(name, data_dir, progress=report, notify=_warn)
-            folder = datasets.data_root(data_dir) / name
+            folder = datasets.fetch(name, data_dir, progress=report)  # into this folder, what it lacks
+            # Every IDX file checked again, whatever cache is there; the cache rebuilt from them.
+            x_train, _, x_test, _ = datasets.load(name, data_dir, verify=True, progress=report, notify=_warn)
             if not quiet:
                 console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {escape(str(folder))}")
 

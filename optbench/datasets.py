@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,6 +83,32 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise OptbenchError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})") from None
+
+
+def _read_cache(cache: Path, spec: DatasetSpec):
+    """The arrays of a `.npz` cache of these very files, or None (absent, stale or damaged)."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as arrays:
+            if arrays.get("sha256") is not None and str(arrays["sha256"]) == _cache_key(spec):
+                return (_scaled(arrays["x_train"]), arrays["y_train"].astype(np.int64),
+                        _scaled(arrays["x_test"]), arrays["y_test"].astype(np.int64))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # a damaged cache is rebuilt from the verified files
+    return None
+
+
+def search_roots(data_dir: Path | str | None = None) -> list[Path]:
+    """Where data is looked for, in order: --data-dir, $OPTBENCH_DATA, the user cache folder.
+    The first is where missing files are fetched to (`data_root`)."""
+    import platformdirs
+
+    roots = [Path(data_dir).expanduser()] if data_dir else []
+    if os.environ.get("OPTBENCH_DATA"):
+        roots.append(Path(os.environ["OPTBENCH_DATA"]).expanduser())
+    roots.append(Path(platformdirs.user_cache_dir("optbench")) / "data")
+    return list(dict.fromkeys(roots))
 
 
 def data_root(data_dir: Path | str | None = None) -> Path:
@@ -158,30 +185,34 @@ def load(
     data_dir: Path | str | None = None,
     *,
     fetch_missing: bool = True,
+    verify: bool = False,
     progress: Callable | None = None,
     notify: Callable[[str], None] | None = None,
 ):
     """(x_train, y_train, x_test, y_test): images float32 in [0, 1] of shape (n, 784), labels int64.
 
-    Reads the `.npz` cache when it is there, else the verified IDX files (fetching missing ones
-    when `fetch_missing`), and writes the cache. `notify(message)` hears of files replaced.
+    Looks in `--data-dir`, `$OPTBENCH_DATA` and the user cache folder, in that order: the first
+    `.npz` cache there is read, else the first folder whose IDX files all verify; else the missing
+    files are fetched (when `fetch_missing`) into the first of those folders. The cache is written
+    beside the files it came from. `verify` checks the IDX files even where a cache is, and
+    rebuilds it from them. `notify(message)` hears of files replaced.
     """
     spec = get_spec(name)
-    folder = data_root(data_dir) / spec.name
-    cache = folder / "arrays.npz"
-    if cache.exists():
-        try:
-            with np.load(cache) as arrays:
-                if arrays.get("sha256") is not None and str(arrays["sha256"]) == _cache_key(spec):
-                    return (_scaled(arrays["x_train"]), arrays["y_train"].astype(np.int64),
-                            _scaled(arrays["x_test"]), arrays["y_test"].astype(np.int64))
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a damaged cache is rebuilt from the verified files below
-    missing = missing_parts(spec, folder, notify)
-    if missing:
+    roots = search_roots(data_dir)
+    if not verify:
+        for root in roots:
+            arrays = _read_cache(root / spec.name / "arrays.npz", spec)
+            if arrays is not None:
+                return arrays
+    folders = (root / spec.name for root in roots)
+    folder = next((f for f in folders if f.is_dir() and not missing_parts(spec, f, notify)), None)
+    if folder is None:  # no folder has them all: fetch what the first lacks
+        folder = roots[0] / spec.name
         if not fetch_missing:
+            missing = missing_parts(spec, folder, notify)
             raise OptbenchError(f"{spec.name}: missing {', '.join(missing)} in {folder}; run `optbench data fetch {spec.name}`")
         fetch(spec.name, data_dir, progress=progress)
+    cache = folder / "arrays.npz"
     parts = {}
     for part in PARTS:
         data = _find_verified(folder, _FILENAMES[part], spec.sha256[part])

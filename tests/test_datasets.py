@@ -174,3 +174,43 @@ def test_a_replaced_file_is_named(tiny_dataset):
     messages = []
     datasets.load("tiny", root, notify=messages.append)
     assert len(messages) == 1 and "train-labels-idx1-ubyte.gz" in messages[0] and "SHA-256" in messages[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_cache_is_rebuilt_from_the_verified_files(tiny_dataset, damage):
+    arrays, root, fetched = tiny_dataset
+    datasets.load("tiny", root)
+    cache = root / "tiny" / "arrays.npz"
+    data = bytearray(cache.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]  # "File is not a zip file"
+    else:
+        data[len(data) // 3] ^= 0xFF  # a bad CRC inside the archive
+    cache.write_bytes(bytes(data))
+    x_train, *_ = datasets.load("tiny", root)
+    np.testing.assert_array_equal(x_train * 255, arrays["train_images"].reshape(12, -1).astype(np.float32))
+    assert len(fetched) == 1  # nothing fetched again: the IDX files were there and verified
+    assert datasets.load("tiny", root)[0].shape == (12, 784)  # and the cache works again
+
+
+def test_files_are_looked_for_in_data_dir_then_the_environment_then_the_cache(tiny_dataset, monkeypatch):
+    arrays, root, fetched = tiny_dataset
+    monkeypatch.setenv("OPTBENCH_DATA", str(root))
+    datasets.load("tiny")  # fetched once into $OPTBENCH_DATA
+    empty = root.parent / "elsewhere"
+    x_train, *_ = datasets.load("tiny", empty)  # a --data-dir without them: found in $OPTBENCH_DATA
+    assert len(fetched) == 1 and not (empty / "tiny").exists()
+    np.testing.assert_array_equal(x_train * 255, arrays["train_images"].reshape(12, -1).astype(np.float32))
+
+
+def test_cli_data_fetch_checks_every_file_even_with_a_cache(tiny_dataset):
+    from typer.testing import CliRunner
+
+    from optbench.cli import app
+
+    _, root, fetched = tiny_dataset
+    datasets.load("tiny", root)
+    (root / "tiny" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(5, np.uint8))))
+    result = CliRunner().invoke(app, ["data", "fetch", "tiny", "--data-dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert fetched[-1] == ["test_labels"]  # the wrong file found and fetched again, not trusted for the cache's sake
