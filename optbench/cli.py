@@ -44,7 +44,8 @@ class _OneLineErrors(typer.core.TyperGroup):
             if not standalone_mode:
                 raise
             message = exc.format_message() if isinstance(exc, ClickException) else str(exc)
-            err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            if message:  # no message: the help was asked for by giving nothing (no_args_is_help), and shown
+                err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code if isinstance(exc, ClickException) else 2)
         except typer.Abort:
             if not standalone_mode:
@@ -473,7 +474,8 @@ def _profile_costs(folders: list[Path], cost: str):
     table = profiles.read_costs(folders, cost)
     costs, left_out = profiles.on_every_problem(table)
     if not len(costs):
-        raise OptbenchError("none of these runs is a problem with a target (a surface without a minimum has none)")
+        raise OptbenchError("none of these folders holds a problem with a target (they are empty, or surfaces "
+                            "without a minimum)")
     if costs.shape[1] == 0:
         raise OptbenchError("no optimizer ran on every one of these problems")
     costs.attrs["left_out"] = left_out

@@ -620,6 +620,15 @@ class Store:
             results.prepare_dir(folder)
         self._drop_orphans()
 
+    def may_write(self) -> bool:
+        """A new or empty folder, or a store (even one stopped before its manifest was written);
+        not a folder of anything else."""
+        if not self.root.is_dir():
+            return not self.root.exists()
+        foreign = [p for p in self.root.iterdir()
+                   if p.name not in ("cells", "curves", "manifest.json") and not p.name.startswith(".")]
+        return not foreign and self.manifest().get("kind", "sweep") == "sweep"
+
     def _drop_orphans(self) -> None:
         """A crash between a population's two partitions leaves its curves without its cells:
         the cells will run again, so those curves go."""
@@ -840,6 +849,8 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
     from optbench.backend import cpu_facts
     from optbench.experiment import git_commit
 
+    if not store.may_write():  # an MNIST run folder, say: its manifest would be overwritten by the sweep's
+        raise OptbenchError(f"{store.root} is not a sweep store and not empty: give --out a new folder or a store")
     cells, pops = plan(sweep, store)
     _check_device(sweep, executor, pops)
     store.prepare()
@@ -882,6 +893,8 @@ def labelled(cells: pd.DataFrame) -> pd.DataFrame:
     """Cells whose names tell apart what ran differently: a problem name shared by two problems
     (different tolerances, batch sizes, ...) gets its id; an optimizer that ran with several
     sets of hyperparameters gets them ('momentum {"momentum": 0.95}')."""
+    if not len(cells):  # a store interrupted before its first population: no columns either
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in _schema()[0].items()})
     cells = cells.copy()
     shared = cells.groupby("problem")["problem_id"].transform("nunique") > 1
     cells.loc[shared, "problem"] = cells.loc[shared, "problem"] + " [" + cells.loc[shared, "problem_id"].str[:6] + "]"

@@ -301,3 +301,9 @@ def test_two_optimizers_with_one_name_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("surface", "--opt", "adam", "--opt", "mine:MyAdam", "--out", tmp_path, "--no-plot")
     assert result.exit_code == 2 and "both called 'adam'" in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["data"]])
+def test_no_command_shows_the_help_and_no_empty_error(args):
+    result = invoke(*args)
+    assert "Usage" in result.output and "error:" not in result.output, result.output

@@ -475,3 +475,25 @@ def test_gpu_workers_need_a_gpu_each_and_the_device_names_the_cells(tmp_path):
     spec = sweep.load_sweep(path)
     spec.data["device"] = "gpu"  # what --device gpu does
     assert not (cpu & {c.id for c in sweep.expand(spec)})
+
+
+def test_a_store_with_no_cell_yet_reports_profiles_and_renders_in_one_line(tmp_path):
+    # Interrupted before its first population landed: a manifest, empty parts folders.
+    store = sweep.Store(tmp_path / "store")
+    store.prepare()
+    store.write_manifest({"kind": "sweep", "status": "interrupted", "cells": 4})
+    r = runner.invoke(app, ["report", str(tmp_path / "store")])
+    assert r.exit_code == 0 and "0 of 4 cells (interrupted)" in r.output, r.output
+    r = runner.invoke(app, ["report", "--html", str(tmp_path / "store"), "--out", str(tmp_path / "html")])
+    assert r.exit_code == 0 and (tmp_path / "html" / "report.html").exists(), r.output
+    r = runner.invoke(app, ["profile", str(tmp_path / "store"), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "a problem with a target" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_sweep_will_not_write_into_a_folder_that_is_not_a_store(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"kind": "mnist"}')
+    r = runner.invoke(app, ["sweep", str(write(tmp_path, SURFACES)), "--out", str(run)])
+    assert r.exit_code == 2 and "not a sweep store" in r.output, r.output
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"] and "mnist" in (run / "manifest.json").read_text()
