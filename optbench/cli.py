@@ -275,6 +275,10 @@ def mnist_command(
         if result is None:
             raise
         result.manifest["status"] = "interrupted"  # it came as the progress bars closed
+    except OptbenchError:
+        if not any(folder.iterdir()):  # stopped before anything was written (the data, say): no empty run
+            folder.rmdir()
+        raise
     try:
         written = result.write(folder, plot=plot)
     except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says what happened

@@ -75,8 +75,12 @@ def _lrs(v) -> bool:
     return v in ("default", "tune") or (isinstance(v, list) and v and all(_is_number(x) and x > 0 for x in v))
 
 
+MAX_SEED = 2**32 - 1  # a seed is stored as a 64-bit integer; NumPy's generators take 32 bits at a time
+
+
 def _seeds(v) -> bool:
-    return _positive(v) or (isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v))
+    return (_positive(v) and v <= 10_000) or (
+        isinstance(v, list) and v and all(_is_int(x) and 0 <= x <= MAX_SEED for x in v))
 
 
 def _schedules(v) -> bool:
@@ -104,7 +108,7 @@ MNIST = {"kind": lambda v: v == "mnist", "dataset": lambda v: isinstance(v, str)
 SCHEDULE = {"kind": lambda v: isinstance(v, str), "warmup": lambda v: _is_number(v) and v >= 0,
             "min_lr_ratio": lambda v: _is_number(v) and v >= 0, "decay_fraction": lambda v: _is_number(v) and 0 < v <= 1}
 EXPECTED = {"name": "a folder name (letters, digits, . _ + -)", "optimizers": "a name or a list of names", "hp": "a list of 'name=value' strings",
-            "lrs": '"default", "tune" or a list of positive numbers', "seeds": "a count or a list of seeds >= 0",
+            "lrs": '"default", "tune" or a list of positive numbers', "seeds": "a count up to 10,000 or a list of seeds in [0, 2**32)",
             "schedules": "a list of kinds or tables", "starts": '"default", "grid:N" or a list of [x, y]',
             "hidden": "a list of positive widths", "device": '"cpu", "gpu" or "auto"', "problems": "[[problems]] tables"}
 

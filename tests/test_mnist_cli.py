@@ -293,3 +293,13 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_what_was_trained(tmp_path, mn
     assert manifest["status"] == "interrupted"
     summary = pd.read_csv(folder / "summary.csv").set_index("optimizer")
     assert summary.loc["adam", "status"] == "finished" and summary.loc["sgd", "status"] == "interrupted"
+
+
+def test_a_data_error_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise OptbenchError("could not fetch mnist (offline)")
+
+    monkeypatch.setattr(experiment, "load_data", no_data)
+    result = invoke("mnist", "--iterations", "5", "--out", tmp_path, "--name", "x")
+    assert result.exit_code == 2 and "could not fetch mnist" in result.output
+    assert not (tmp_path / "mnist" / "x").exists()

@@ -113,6 +113,8 @@ def test_a_cell_is_named_by_its_whole_specification(tmp_path):
 @pytest.mark.parametrize(("text", "message"), [
     ('optimizers = ["adam"]\nwarmup = 3\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:2: unknown key 'warmup'"),
     ('seeds = "three"\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for seeds"),
+    ('seeds = 100000000000000000000\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for seeds"),
+    ('seeds = [99999999999999999999]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: bad value for seeds"),
     ('optimizers = ["adam", "adamz"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\n', r"sweep.toml:1: .*adamz"),
     ('[[problems]]\nkind = "surface"\nsurface = "bowl"\n[[problems]]\nkind = "mnist"\nbatch_size = -4\n',
      r"sweep.toml:6: bad value for batch_size"),
