@@ -855,6 +855,11 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
 
     if not store.may_write():  # an MNIST run folder, say: its manifest would be overwritten by the sweep's
         raise OptbenchError(f"{store.root} is not a sweep store and not empty: give --out a new folder or a store")
+    if sweep.data.get("device") == "auto":
+        # A cell is named by the device it ran on (float32 there is another result): resolved here.
+        from optbench.backend import gpu_available
+
+        sweep.data["device"] = "gpu" if gpu_available() else "cpu"
     cells, pops = plan(sweep, store)
     _check_device(sweep, executor, pops)
     store.prepare()

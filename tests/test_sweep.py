@@ -499,3 +499,19 @@ def test_a_sweep_will_not_write_into_a_folder_that_is_not_a_store(tmp_path):
     r = runner.invoke(app, ["sweep", str(write(tmp_path, SURFACES)), "--out", str(run)])
     assert r.exit_code == 2 and "not a sweep store" in r.output, r.output
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json"] and "mnist" in (run / "manifest.json").read_text()
+
+
+def test_device_auto_names_cells_by_the_device_that_runs_them(tmp_path):
+    from optbench import datasets
+    from optbench.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a GPU: auto would be gpu here, another set of cells")
+    try:
+        datasets.load("mnist")
+    except OptbenchError as exc:
+        pytest.skip(f"real MNIST not available here: {exc}")
+    text = 'optimizers = ["sgd"]\nlrs = [0.1]\n' + MNIST_PROBLEM
+    assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "cpu"\n' + text, "cpu.toml")), tmp_path / "s").done == 1
+    again = sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "auto"\n' + text, "auto.toml")), tmp_path / "s")
+    assert again.done == 0 and again.skipped == 1  # auto ran on the CPU: the cpu cell, not a new one
