@@ -29,8 +29,10 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from datetime import datetime
@@ -716,8 +718,12 @@ class Executor:
         except ImportError:
             raise OptbenchError("--dask needs dask: pip install 'optbench[dask]'") from None
         if self.dask == "local":
-            cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                   processes=True, dashboard_address=None)
+            # Its processes start with Ctrl-C ignored (a disposition that survives exec): a Ctrl-C
+            # in the terminal reaches the whole process group, and the client alone should stop
+            # the cluster, not every worker dump its traceback on the way down.
+            with _sigint_ignored():
+                cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
             self.client = Client(cluster)
             self._owned = [self.client, cluster]
         else:
@@ -782,6 +788,19 @@ class Executor:
         except BaseException:
             self.client.cancel(list(futures))
             raise
+
+
+@contextmanager
+def _sigint_ignored():
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave it as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _pin_gpu(queue) -> None:

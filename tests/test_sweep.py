@@ -334,6 +334,25 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(tmp_path):
     assert sweep.run_sweep(sweep.load_sweep(path), store).done == 8 - kept
 
 
+def test_ctrl_c_in_a_terminal_stops_a_local_cluster_quietly(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: the cluster's processes ignore it and
+    # the client stops them, so the user reads the one-line message, not every worker's traceback.
+    path = _slow_sweep(tmp_path)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "optbench", "sweep", str(path), "--out", str(store), "-q",
+                             "--dask", "local", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((store / "cells").glob("part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 4, err
+    assert json.loads((store / "manifest.json").read_text())["status"] == "interrupted"
+
+
 def test_report_and_profile_read_a_store(tmp_path):
     spec = sweep.load_sweep(write(tmp_path, SURFACES))
     sweep.run_sweep(spec, tmp_path / "store")
