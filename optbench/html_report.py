@@ -161,7 +161,7 @@ def _tables(folder: Path, kind: str) -> list[str]:
         return parts
     aggregate, summary = csv("aggregate.csv"), csv("summary.csv")
     if kind == "mnist":
-        parts.append(_table(aggregate, "By optimizer and lr, over seeds (medians and ranges)"))
+        parts.append(_table(aggregate, "By optimizer and lr, over seeds (mean, std, min and max)"))
         target = _time_to_target(aggregate)
         if target is not None:
             parts.append(_table(target, "Time to target (median over the seeds that reached it)"))

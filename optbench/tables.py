@@ -80,13 +80,15 @@ def sweep_aggregate(frame: pd.DataFrame, title: str) -> Group:
     for problem, rows in frame.groupby("problem", sort=False):
         table = Table(title=escape(str(problem)), title_justify="left", header_style="bold")
         table.add_column("optimizer", style="bold", no_wrap=True)
-        for name in ("lr", "schedule", "seeds", "final (median)", "range", "reached", "median steps", "diverged"):
+        # "cells": seeds x starts (a surface problem from a grid has one cell per start and seed)
+        for name in ("lr", "schedule", "cells", "final (median)", "range", "reached", "median steps", "diverged"):
             table.add_column(name, justify="right", no_wrap=name != "schedule")  # a cut number is a wrong one
         for row in rows.itertuples():
             accuracy = row.metric == "final_test_acc"
             show = (lambda v: f"{100 * v:.2f}%" if v == v else "—") if accuracy else (lambda v: _number(v, 3))
             table.add_row(escape(row.optimizer), _number(row.lr, 3), escape(row.schedule), str(row.seeds),
-                          show(row.metric_median), f"{show(row.metric_min)}–{show(row.metric_max)}",
+                          show(row.metric_median),
+                          f"{show(row.metric_min)}–{show(row.metric_max)}" if row.metric_min == row.metric_min else "—",
                           f"{row.reached}/{row.seeds}", _number(row.steps_to_target_median),
                           str(row.diverged) if row.diverged else "", style="red" if row.diverged == row.seeds else None)
         parts.append(table)
