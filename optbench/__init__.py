@@ -6,10 +6,31 @@ returns the tables the CLI writes, as DataFrames.
 
 __version__ = "0.1.0"
 
-from optbench.errors import OptbenchError  # noqa: E402
-from optbench.optimizers import OPTIMIZERS, Optimizer, make_optimizer  # noqa: E402
-from optbench.experiment import Experiment, MnistProblem, Results  # noqa: E402
-from optbench.schedules import Schedule  # noqa: E402
+# The names below load on first use (PEP 562), so that `import optbench` is cheap: the command's
+# entry point (`optbench.__main__`) can then catch a Ctrl-C that comes while NumPy and pandas load.
+_PUBLIC = {
+    "OptbenchError": "optbench.errors",
+    "OPTIMIZERS": "optbench.optimizers",
+    "Optimizer": "optbench.optimizers",
+    "make_optimizer": "optbench.optimizers",
+    "Experiment": "optbench.experiment",
+    "MnistProblem": "optbench.experiment",
+    "Results": "optbench.experiment",
+    "Schedule": "optbench.schedules",
+}
 
-__all__ = ["OPTIMIZERS", "Experiment", "MnistProblem", "OptbenchError", "Optimizer", "Results", "Schedule",
-           "make_optimizer"]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'optbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +63,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+def _show_version(value: bool) -> None:
+    if value:
+        from optbench import __version__
+
+        console.print(f"optbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Benchmark neural-network optimizers on 2-D loss surfaces and MNIST."""
+
 
 # Options shared by several commands, declared once.
 OptOption = Annotated[
@@ -738,18 +753,3 @@ def data_fetch_command(
             x_train, _, x_test, _ = datasets.load(name, data_dir, verify=True, progress=report, notify=_warn)
             if not quiet:
                 console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {escape(str(folder))}")
-
-
-def _terminated(signum, frame) -> None:
-    # SIGTERM (a cluster's time limit, `timeout`, a container stop) stops a run as Ctrl-C does:
-    # what was trained is kept, marked interrupted, exit code 130.
-    raise KeyboardInterrupt
-
-
-def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -307,3 +307,41 @@ def test_two_optimizers_with_one_name_are_refused(tmp_path, monkeypatch):
 def test_no_command_shows_the_help_and_no_empty_error(args):
     result = invoke(*args)
     assert "Usage" in result.output and "error:" not in result.output, result.output
+
+
+def test_version_is_the_packages():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"optbench {project['version']}"
+
+
+def test_importing_the_package_loads_no_numpy_until_a_name_is_used():
+    # So that the command's entry point can catch a Ctrl-C while the CLI's libraries load.
+    import subprocess
+    import sys
+
+    code = ("import sys, optbench; assert 'numpy' not in sys.modules, 'numpy loaded'; "
+            "optbench.Experiment; assert 'numpy' in sys.modules; print(sorted(optbench.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Experiment" in done.stdout and "OptbenchError" in done.stdout
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130():
+    import subprocess
+    import sys
+
+    # A Ctrl-C that lands while `optbench.cli` is imported: stand-in, a finder that raises it there.
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'optbench.cli': raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from optbench.__main__ import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, "list"], capture_output=True, text=True)
+    assert done.returncode == 130
+    assert done.stderr.strip() == "interrupted before the command started"
