@@ -180,6 +180,8 @@ def surface_command(
                                                  seeds=range(seed, seed + seeds),
                                                  starts=surface_run.grid_starts(surface, grid) if grid else None,
                                                  trajectories=keep_trajectories or ((plot or animate) and not grid))
+                for line in result.failures:
+                    _warn(line)
                 files = surface_run.write_surface_result(result, out, plot=plot, animate=animate,
                                                          trajectories=keep_trajectories or ((plot or animate) and not grid))
                 written.append((result, files))
@@ -478,7 +480,8 @@ def profile_command(
 
     try:
         with progress:
-            written = plan.run(folder, lambda run: _TerminalReporter(progress, prepare_dir(run), quiet), on_surface)
+            written = plan.run(folder, lambda run: _TerminalReporter(progress, prepare_dir(run), quiet), on_surface,
+                               warn=_warn)
             progress.update(task, completed=len(plan.surfaces))
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]: the problems finished so far are under {escape(str(folder))}; "

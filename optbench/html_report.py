@@ -242,7 +242,7 @@ def _table(frame: pd.DataFrame | None, caption: str | None, source: str = "the C
     shown = frame.head(MAX_ROWS)
     head = "".join(f"<th>{_e(str(c))}</th>" for c in shown.columns)
     rows = []
-    bad = shown["status"].isin(["diverged", "interrupted"]) if "status" in shown.columns else (
+    bad = shown["status"].isin(["diverged", "failed", "interrupted"]) if "status" in shown.columns else (
         shown["diverged"].astype(str).str.lower().isin(["true", "1"]) if "diverged" in shown.columns else None)
     for i, record in enumerate(shown.itertuples(index=False)):
         cells = "".join(_cell(v) for v in record)

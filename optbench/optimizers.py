@@ -630,15 +630,25 @@ def optimizer_class(spec: str) -> type:
     return cls
 
 
+# Modules loaded from a path, by their real path: a file runs once, so naming it twice (or a
+# sweep's cells looking it up again) gives the same class, as `import` does for a module name.
+_FILE_MODULES: dict[str, Any] = {}
+
+
 def _import_user_module(module_name: str):
     try:
         if module_name.endswith(".py") or os.sep in module_name:
-            spec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
-            if spec is None or spec.loader is None or not os.path.isfile(module_name):
+            if not module_name.endswith(".py"):
+                raise OptbenchError(f"cannot import optimizer module {module_name!r}: a path names a .py file")
+            if not os.path.isfile(module_name):
                 raise OptbenchError(f"cannot import optimizer module {module_name!r}: no such file")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
+            path = os.path.realpath(module_name)
+            if path not in _FILE_MODULES:
+                spec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                _FILE_MODULES[path] = module
+            return _FILE_MODULES[path]
         # Like `python -m`, look in the working directory first.
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())

@@ -77,9 +77,13 @@ def _in_domain(surface: Surface, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
 
 
+def _failed(row) -> bool:
+    return getattr(row, "status", None) == "failed"  # a user's rule that raised (folders before it: none)
+
+
 def _legend_label(row) -> str:
     text = f"{row.optimizer} (lr {row.lr:.3g})"
-    return text + " — diverged" if row.diverged else text
+    return text + " — diverged" if row.diverged else text + " — failed" if _failed(row) else text
 
 
 def _new_figure(surface: Surface):
@@ -101,15 +105,17 @@ def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.
         xs, ys = path_df["x"].to_numpy(), path_df["y"].to_numpy()
         inside = np.flatnonzero(_in_domain(surface, xs, ys))
         # A diverged path is marked where it was last seen inside the picture.
-        last = inside[-1] if row.diverged and inside.size else len(xs) - 1
-        ax.plot(xs[last], ys[last], marker="X" if row.diverged else "o", markersize=10 if row.diverged else 7,
+        stopped = row.diverged or _failed(row)
+        last = inside[-1] if stopped and inside.size else len(xs) - 1
+        ax.plot(xs[last], ys[last], marker="X" if stopped else "o", markersize=10 if stopped else 7,
                 color=color, markeredgecolor="black", linestyle="none", zorder=6, clip_on=True)
     first = trajectories.iloc[0]
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
     ax.set_title(_title(surface, trajectories), fontsize=10)
     _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
-              title="optimizer (lr); ● end, ✕ diverged", title_fontsize=8)
+              title="optimizer (lr); ● end, ✕ diverged" + (" or failed" if any(map(_failed, summary.itertuples())) else ""),
+              title_fontsize=8)
     return _save(fig, path)
 
 

@@ -68,11 +68,13 @@ class ProblemSet:
                 for name in self.datasets]
 
     def run(self, out: Path, reporter_for: Callable[[Path], object] | None = None,
-            on_surface: Callable[[str], None] | None = None, device=None) -> list[Path]:
+            on_surface: Callable[[str], None] | None = None, device=None,
+            warn: Callable[[str], None] | None = None) -> list[Path]:
         """Run every problem, writing its folder under `out` (surface/<name>, mnist/<data set>);
         return the folders, in order. `reporter_for(folder)` gives each MNIST run its reporter
-        (`Experiment.run`), `on_surface(name)` hears of each surface as it starts. An
-        interrupted set keeps the folders written so far."""
+        (`Experiment.run`), `on_surface(name)` hears of each surface as it starts, `warn` of each
+        user's rule that raised on a surface (its runs are marked failed). An interrupted set
+        keeps the folders written so far."""
         self.check()
         folders = []
         contenders = select_contenders(list(self.optimizers), [], points=True)
@@ -82,6 +84,8 @@ class ProblemSet:
             surface = surface_run.get_surface(name)
             result = surface_run.run_surface(surface, contenders, starts=surface_run.grid_starts(surface, self.grid),
                                              tune=self.tune, trajectories=False)
+            for line in result.failures if warn else ():
+                warn(line)
             folders.append(surface_run.write_surface_result(result, out, trajectories=False)[0].parent)
         for experiment in self.experiments():
             folder = Path(out) / "mnist" / experiment.problem.dataset

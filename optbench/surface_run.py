@@ -31,7 +31,7 @@ from optbench.trajectories import GAP_TOL, TUNE_GRID, SurfaceMember, TrajectoryB
 TRAJECTORY_COLUMNS = ["surface", "optimizer", "lr", "seed", "start_x", "start_y", "step", "x", "y", "loss"]
 SUMMARY_COLUMNS = [
     "surface", "optimizer", "lr", "schedule", "seed", "start_x", "start_y", "steps", "final_x", "final_y", "final_loss", "gap",
-    "dist_to_min", "steps_to_tol", "diverged",
+    "dist_to_min", "steps_to_tol", "diverged", "status",
 ]
 
 
@@ -112,6 +112,7 @@ class SurfaceResult:
     summary: pd.DataFrame
     tuning: pd.DataFrame | None
     config: dict = field(default_factory=dict)  # what ran, for manifest.json
+    failures: list[str] = field(default_factory=list)  # one line per user's rule that raised, for a warning
 
 
 def run_surface(
@@ -151,6 +152,7 @@ def run_surface(
                 chosen[m.optimizer] = float(TUNE_GRID[best])
         members = [replace(m, lr=chosen[m.optimizer]) for m in members]
     batch = run_members(surface, members, steps, schedule, noise)
+    failures = failure_lines(surface, members, batch)
     # Every step of every member as rows: for a large grid of starts, far more memory than the run.
     paths = [trajectory_frame(surface, m, batch.row(k)) for k, m in enumerate(members)] if trajectories else []
     return SurfaceResult(
@@ -163,28 +165,56 @@ def run_surface(
          "schedule": schedule.label(), "tol": tol, "noise": noise, "seeds": list(seeds),
          "optimizers": {c.label: {**defaults_of(c.cls), **c.hparams, "lr": lrs_run(m.lr for m in members if m.optimizer == c.label)} for c in contenders},
          "steps_run": steps},
+        failures,
     )
 
 
+def failure_lines(surface: Surface, members: list[SurfaceMember], batch: TrajectoryBatch) -> list[str]:
+    """One line per (optimizer, lr) whose rule raised, with the first failure's words and how
+    many of its runs (seeds x starts) failed."""
+    by_run: dict[tuple, list[str]] = {}
+    for k, text in sorted(batch.failures.items()):
+        by_run.setdefault((members[k].optimizer, members[k].lr), []).append(text)
+    lines = []
+    for (optimizer, lr), texts in by_run.items():
+        runs = sum(1 for m in members if (m.optimizer, m.lr) == (optimizer, lr))
+        where = f" (in {len(texts)} of its {runs} runs, seeds x starts)" if runs > 1 else ""
+        lines.append(f"{optimizer} (lr {lr:g}) on {surface.name}: {texts[0]}{where}; stopped there and marked failed, "
+                     "the others go on")
+    return lines
+
+
 AGGREGATE_COLUMNS = ["surface", "optimizer", "lr", "seeds", "final_loss_median", "final_loss_min", "final_loss_max",
-                     "gap_median", "reached", "steps_to_tol_median", "diverged"]
+                     "gap_median", "reached", "steps_to_tol_median", "diverged", "failed"]
+
+
+def _failed(summary: pd.DataFrame) -> pd.Series:
+    """Rows whose rule raised (folders written before `status` existed have none)."""
+    return summary["status"] == "failed" if "status" in summary.columns else pd.Series(False, index=summary.index)
+
+
+def _stopped(summary: pd.DataFrame) -> pd.Series:
+    """Rows that did not run to the end: diverged, or their rule raised."""
+    return summary["diverged"].astype(bool) | _failed(summary)
 
 
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (optimizer, lr) over its seeds: the median and range of the final loss, the
-    median gap, how many seeds reached the tolerance and their median steps to it, best first."""
+    median gap, how many seeds reached the tolerance and their median steps to it, how many
+    diverged or failed, best first."""
     rows = []
     if summary[["start_x", "start_y"]].drop_duplicates().shape[0] > 1:
         raise OptbenchError("aggregate is over seeds from one start; a grid of starts has `robustness`")
     for (optimizer, lr), group in summary.groupby(["optimizer", "lr"], sort=False):
-        final = group["final_loss"].where(~group["diverged"].astype(bool))
+        final = group["final_loss"].where(~_stopped(group))
         reached = pd.to_numeric(group["steps_to_tol"], errors="coerce")
         rows.append({
             "surface": group["surface"].iloc[0], "optimizer": optimizer, "lr": lr, "seeds": len(group),
             "final_loss_median": final.median(), "final_loss_min": final.min(), "final_loss_max": final.max(),
-            "gap_median": group["gap"].where(~group["diverged"].astype(bool)).median(),
+            "gap_median": group["gap"].where(~_stopped(group)).median(),
             "reached": int(reached.notna().sum()), "steps_to_tol_median": reached.median(),
-            "diverged": int(group["diverged"].astype(bool).sum()),
+            "diverged": int((group["diverged"].astype(bool) & ~_failed(group)).sum()),
+            "failed": int(_failed(group).sum()),
         })
     frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
     order = frame.sort_values(["reached", "final_loss_median"], ascending=[False, True], kind="stable",
@@ -193,17 +223,18 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 ROBUSTNESS_COLUMNS = ["surface", "optimizer", "lr", "starts", "reached", "success_rate", "steps_to_tol_median",
-                      "steps_to_tol_max", "diverged"]
+                      "steps_to_tol_max", "diverged", "failed"]
 
 
 def start_cells(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (optimizer, lr, start): `steps` to the tolerance, the median over seeds with an
     unreached seed counting as never (NaN when more than half never reached it), and how many
-    seeds diverged."""
+    seeds diverged and how many failed (their rule raised)."""
+    failed = _failed(summary)
     frame = summary.assign(_steps=pd.to_numeric(summary["steps_to_tol"], errors="coerce").astype(float).fillna(np.inf),
-                           _diverged=summary["diverged"].astype(bool))
+                           _diverged=summary["diverged"].astype(bool) & ~failed, _failed=failed)
     cells = frame.groupby(["optimizer", "lr", "start_x", "start_y"], sort=False).agg(
-        steps=("_steps", "median"), diverged=("_diverged", "sum")).reset_index()
+        steps=("_steps", "median"), diverged=("_diverged", "sum"), failed=("_failed", "sum")).reset_index()
     cells["steps"] = cells["steps"].replace(np.inf, np.nan)
     return cells
 
@@ -211,7 +242,7 @@ def start_cells(summary: pd.DataFrame) -> pd.DataFrame:
 def robustness(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (optimizer, lr) over the start points: how many reached the tolerance
     (`start_cells`), the success rate, the median and worst steps of those that did and how many
-    starts diverged, most successful first."""
+    starts diverged or failed, most successful first."""
     cells = start_cells(summary)
     rows = []
     for (optimizer, lr), group in cells.groupby(["optimizer", "lr"], sort=False):
@@ -221,6 +252,7 @@ def robustness(summary: pd.DataFrame) -> pd.DataFrame:
             "reached": len(reached), "success_rate": len(reached) / len(group),
             "steps_to_tol_median": reached.median(), "steps_to_tol_max": reached.max(),
             "diverged": int((group["diverged"] > 0).sum()),
+            "failed": int((group["failed"] > 0).sum()),
         })
     frame = pd.DataFrame(rows, columns=ROBUSTNESS_COLUMNS)
     order = frame.sort_values(["reached", "steps_to_tol_median"], ascending=[False, True], kind="stable",
@@ -229,11 +261,12 @@ def robustness(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def sort_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """Best first: converged before diverged, then lowest final loss, then fewest steps."""
+    """Best first: finished before diverged before failed, then lowest final loss, then fewest steps."""
     key = summary.assign(
         _reach=summary["steps_to_tol"].astype("Float64").fillna(np.inf),
+        _stopped=summary["diverged"].astype(int) + 2 * _failed(summary),
     )
-    order = key.sort_values(["diverged", "final_loss", "_reach"], kind="stable").index
+    order = key.sort_values(["_stopped", "final_loss", "_reach"], kind="stable").index
     return summary.loc[order].reset_index(drop=True)
 
 
@@ -279,6 +312,7 @@ def summary_frame(surface: Surface, members: list[SurfaceMember], batch, schedul
             "dist_to_min": distance_to_minimum(surface, final),
             "steps_to_tol": pd.array(np.where(reached >= 0, reached, None), dtype="Int64"),
             "diverged": batch.diverged,
+            "status": batch.status,
         },
         columns=SUMMARY_COLUMNS,
     )

@@ -270,15 +270,20 @@ class Population:
 
 def expand(sweep: SweepFile) -> list[Cell]:
     """Every cell of the sweep, problem by problem, schedule, optimizer, lr, start, seed."""
-    from optbench.optimizers import OPTIMIZERS, instantiate, resolve_hparams, select_optimizers
+    from optbench.optimizers import OPTIMIZERS, instantiate, optimizer_class, optimizer_label, resolve_hparams, select_optimizers
     from optbench.schedules import Schedule
 
     data = sweep.data
     names = data.get("optimizers", ["adam"])
     pairs = data.get("hp", [])
+    names = [names] if isinstance(names, str) else list(names)
     try:
-        selected = select_optimizers([names] if isinstance(names, str) else list(names))
+        selected = select_optimizers(names)
         typed = resolve_hparams(selected, [pairs] if isinstance(pairs, str) else list(pairs))
+        # A user's class is found again in each worker from what the file says ("module:Class",
+        # or a path to a .py file), so a cell keeps those words.
+        user_specs = {optimizer_label(cls): spec for spec in names if spec != "all" and spec not in OPTIMIZERS
+                      for cls in [optimizer_class(spec)]}
     except OptbenchError as exc:
         raise sweep.error(str(exc), "hp" if "--hp" in str(exc) else "optimizers") from None
     for label, cls in selected:  # hyperparameters out of range stop here, before anything runs
@@ -319,7 +324,7 @@ def expand(sweep: SweepFile) -> list[Cell]:
                 raise sweep.error(f"{exc}, in problem {i + 1} ({_problem_name(problem)})", "schedules") from None
             for label, cls in selected:
                 hparams = {k: v for k, v in typed[label].items() if k != "lr"}
-                spec = label if OPTIMIZERS.get(label) is cls else f"{cls.__module__}:{cls.__qualname__}"
+                spec = user_specs.get(label, label)
                 if problem["kind"] == "surface" and getattr(cls, "needs_matrices", False):
                     continue  # Muon needs weight matrices: no surface cells for it
                 for lr in _cell_lrs(data.get("lrs", "default"), problem, label, cls, typed[label]):
@@ -490,7 +495,6 @@ def _run_surface_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFra
     summary = summary_frame(surface, members, batch, schedule, problem["tol"]).drop(
         columns=["surface", "optimizer", "lr", "schedule", "seed"])
     table = pd.concat([_cell_columns(cells), summary.reset_index(drop=True)], axis=1)
-    table["status"] = np.where(table["diverged"], "diverged", "finished")
     steps = batch.positions.shape[0]
     curves = pd.DataFrame({
         "cell": np.repeat([c.id for c in cells], steps),
@@ -543,7 +547,7 @@ def _schema() -> tuple[dict[str, str], dict[str, str]]:
                 for n in names}
 
     head = ["cell", "problem_id", "problem", "kind", "optimizer", "hparams", "lr", "schedule", "seed", "device"]
-    cells = list(dict.fromkeys(head + [c for c in SURFACE_SUMMARY if c != "surface"] + SUMMARY_COLUMNS + ["population"]))
+    cells = list(dict.fromkeys(head + [c for c in SURFACE_SUMMARY if c not in ("surface", "status")] + SUMMARY_COLUMNS + ["population"]))
     curves = list(dict.fromkeys(["cell", "step", "x", "y", "loss"] + [c for c in EPOCH_COLUMNS if c not in ("optimizer", "lr", "seed")]
                                 + ["population"]))
     return typed(cells), typed(curves)

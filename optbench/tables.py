@@ -24,7 +24,7 @@ def _number(value, digits: int = 3) -> str:
 
 
 def surface_summary(summary: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
-    """One row per optimizer, in the summary's order (best first); diverged rows in red."""
+    """One row per optimizer, in the summary's order (best first); diverged and failed rows in red."""
     bounded = summary["gap"].notna().any()
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
@@ -33,13 +33,24 @@ def surface_summary(summary: pd.DataFrame, title: str, tol: float = 1e-3) -> Tab
     for name in names:
         table.add_column(name, justify="right")
     for rank, row in enumerate(summary.itertuples(), start=1):
-        label = escape(f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else row.optimizer)
+        failed = getattr(row, "status", None) == "failed"
+        label = escape(f"{row.optimizer} (diverged at step {row.steps + 1})" if row.diverged else
+                       f"{row.optimizer} (failed at step {row.steps + 1})" if failed else row.optimizer)
         cells = [_number(row.lr, 3), _number(row.final_loss)]
         if bounded:
             cells += [_number(row.gap, 3), _number(row.dist_to_min, 3), _number(row.steps_to_tol)]
         cells.append(f"{row.final_x:.3g}, {row.final_y:.3g}")
-        table.add_row(str(rank), label, *cells, style="red" if row.diverged else None)
+        table.add_row(str(rank), label, *cells, style="red" if row.diverged or failed else None)
     return table
+
+
+def _failed_column(frame: pd.DataFrame) -> list[str]:
+    """The "failed" column (a user's rule that raised) where any failed: most runs have none."""
+    return ["failed"] if "failed" in frame.columns and frame["failed"].any() else []
+
+
+def _failed_cell(row, columns: list[str]) -> list[str]:
+    return [str(row.failed) if row.failed else ""] if columns else []
 
 
 def surface_aggregate(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
@@ -48,28 +59,34 @@ def surface_aggregate(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Tab
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("optimizer", style="bold", no_wrap=True)
-    for name in ("lr", "final loss (median)", "range", f"reached {tol:g}", "median steps", "diverged"):
+    failed = _failed_column(frame)
+    for name in ("lr", "final loss (median)", "range", f"reached {tol:g}", "median steps", "diverged", *failed):
         table.add_column(name, justify="right")
     for rank, row in enumerate(frame.itertuples(), start=1):
         table.add_row(str(rank), escape(row.optimizer), _number(row.lr, 3), _number(row.final_loss_median),
-                      f"{_number(row.final_loss_min, 3)}–{_number(row.final_loss_max, 3)}", f"{row.reached}/{row.seeds}",
+                      f"{_number(row.final_loss_min, 3)}–{_number(row.final_loss_max, 3)}"
+                      if row.final_loss_min == row.final_loss_min else "—", f"{row.reached}/{row.seeds}",
                       _number(row.steps_to_tol_median), str(row.diverged) if row.diverged else "",
-                      style="red" if row.diverged == row.seeds else None)
+                      *_failed_cell(row, failed),
+                      style="red" if row.diverged + getattr(row, "failed", 0) == row.seeds else None)
     return table
 
 
 def surface_robustness(frame: pd.DataFrame, title: str, tol: float = 1e-3) -> Table:
     """One row per (optimizer, lr) over a grid of starts, most successful first: how many starts
-    got within `tol`, the success rate, the median and worst steps of those, how many diverged."""
+    got within `tol`, the success rate, the median and worst steps of those, how many diverged
+    (and failed, where a user's rule raised)."""
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("optimizer", style="bold", no_wrap=True)
-    for name in ("lr", f"reached {tol:g}", "success", "median steps", "worst steps", "diverged"):
+    failed = _failed_column(frame)
+    for name in ("lr", f"reached {tol:g}", "success", "median steps", "worst steps", "diverged", *failed):
         table.add_column(name, justify="right")
     for rank, row in enumerate(frame.itertuples(), start=1):
         table.add_row(str(rank), escape(row.optimizer), _number(row.lr, 3), f"{row.reached}/{row.starts}",
                       f"{row.success_rate:.0%}", _number(row.steps_to_tol_median), _number(row.steps_to_tol_max),
-                      str(row.diverged) if row.diverged else "", style="red" if row.reached == 0 else None)
+                      str(row.diverged) if row.diverged else "", *_failed_cell(row, failed),
+                      style="red" if row.reached == 0 else None)
     return table
 
 

@@ -12,7 +12,7 @@ a column of lrs, so each row is bitwise the trajectory that member would have al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,21 +29,34 @@ TUNE_GRID = np.logspace(-5, 2, 36)  # 5 learning rates per decade, 1e-5 .. 1e2
 class TrajectoryBatch:
     """N trajectories of `steps` steps: positions (steps + 1, N, 2) and losses (steps + 1, N).
 
-    `stop[i]` is the number of finite steps of row i: positions[:stop[i]] are its trajectory,
-    and a row with stop[i] <= steps diverged at step stop[i].
+    `stop[i]` is the number of finite steps of row i: positions[:stop[i]] are its trajectory.
+    A row with stop[i] <= steps diverged at step stop[i], unless its rule raised there
+    (`failures[i]` says what; a user's rule only: the other rows go on).
     """
 
     positions: np.ndarray
     losses: np.ndarray
     stop: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         return self.positions.shape[0] - 1
 
     @property
+    def failed(self) -> np.ndarray:
+        mask = np.zeros(self.stop.shape, dtype=bool)
+        mask[list(self.failures)] = True
+        return mask
+
+    @property
     def diverged(self) -> np.ndarray:
-        return self.stop <= self.steps
+        return (self.stop <= self.steps) & ~self.failed
+
+    @property
+    def status(self) -> np.ndarray:
+        """Per row: finished, diverged or failed."""
+        return np.where(self.failed, "failed", np.where(self.diverged, "diverged", "finished"))
 
     @property
     def final_index(self) -> np.ndarray:
@@ -59,16 +72,25 @@ class TrajectoryBatch:
 
     def row(self, i: int) -> "TrajectoryBatch":
         """Trajectory i alone, as a batch of one."""
-        return TrajectoryBatch(self.positions[:, i : i + 1], self.losses[:, i : i + 1], self.stop[i : i + 1])
+        failures = {0: self.failures[i]} if i in self.failures else {}
+        return TrajectoryBatch(self.positions[:, i : i + 1], self.losses[:, i : i + 1], self.stop[i : i + 1], failures)
 
     @staticmethod
     def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
         """The rows of every batch, in order (all of one length of run)."""
+        offsets = np.cumsum([0] + [b.stop.size for b in batches])
         return TrajectoryBatch(
             np.concatenate([b.positions for b in batches], axis=1),
             np.concatenate([b.losses for b in batches], axis=1),
             np.concatenate([b.stop for b in batches]),
+            {int(offset) + i: text for b, offset in zip(batches, offsets) for i, text in b.failures.items()},
         )
+
+    def reordered(self, order: np.ndarray) -> "TrajectoryBatch":
+        """Row k of the result is row order[k] of this batch."""
+        where = {int(old): new for new, old in enumerate(order)}
+        return TrajectoryBatch(self.positions[:, order], self.losses[:, order], self.stop[order],
+                               {where[i]: text for i, text in self.failures.items()})
 
 
 @dataclass(frozen=True)
@@ -103,24 +125,26 @@ class GradientNoise:
         return g + self.sigma * np.stack([draws[s] for s in self.seeds])
 
 
-def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
-              schedule: Schedule = CONSTANT, noise: GradientNoise | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int, schedule: Schedule = CONSTANT,
+              noise: GradientNoise | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """positions, losses and, where the rule raised, what it raised and at which step (the
+    trajectory stops there, as a diverged one does)."""
     n = starts.shape[0]
     noisy = noise or GradientNoise(0.0, [0] * n)
     lrs = ScheduledLRs([optimizer], schedule, steps)
     positions = np.full((steps + 1, n, 2), np.nan)
     losses = np.full((steps + 1, n), np.nan)
     p = starts.copy()
+    positions[0], losses[0] = p, surface.value(p)
     try:
         state = init_state(optimizer, p)  # no layout: each row is one point, the rule's one vector
     except OptbenchError:
         raise
-    except Exception as exc:  # a user's rule: one line that names it
-        raise OptbenchError(f"{optimizer_label(type(optimizer))}: init(p) raised {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # a user's rule
+        return positions, losses, f"init(p) raised {type(exc).__name__}: {exc}"
     # What is recorded is the rule's answer: its evaluation weights (Schedule-Free's average),
     # which for most rules are the parameters themselves.
     answer = getattr(optimizer, "evaluation_weights", lambda p, state: p)
-    positions[0], losses[0] = p, surface.value(p)
     # Overflow and NaN are expected here (that is divergence), and are found below, not warned.
     try:
         with np.errstate(all="ignore"):
@@ -131,39 +155,46 @@ def _run_rows(surface: Surface, optimizer, starts: np.ndarray, steps: int,
                     optimizer.update(p, g, state)
                 except OptbenchError:
                     raise
-                except Exception as exc:  # a user's rule: one line that names it and the step
-                    raise OptbenchError(f"{optimizer_label(type(optimizer))}: its update raised "
-                                        f"{type(exc).__name__}: {exc} at step {t} on {surface.name}") from None
+                except Exception as exc:  # a user's rule
+                    return positions, losses, f"its update raised {type(exc).__name__}: {exc} at step {t}"
                 positions[t] = answer(p, state)
                 losses[t] = surface.value(positions[t])
                 if not np.isfinite(losses[t]).any():
                     break
     finally:
         lrs.restore()
-    return positions, losses
+    return positions, losses, None
 
 
 def run(surface: Surface, optimizer, starts, steps: int, schedule: Schedule = CONSTANT, noise: float = 0.0,
         seeds=None) -> TrajectoryBatch:
     """Run `optimizer` from each row of `starts` (N, 2) for `steps` steps, in float64, its lr
     (the peak) scaled by `schedule` step by step, with gradient noise of std `noise` drawn for
-    each row from its seed (`seeds`, default 0 for every row)."""
+    each row from its seed (`seeds`, default 0 for every row).
+
+    A user's rule runs row by row, and a row where it raises stops there, marked failed
+    (`TrajectoryBatch.failures`); the other rows go on, as an MNIST member's failure leaves the
+    others of its population."""
     starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
     seeds = [0] * starts.shape[0] if seeds is None else list(seeds)
+    failures = {}
     if type(optimizer) in OPTIMIZERS.values():
-        positions, losses = _run_rows(surface, optimizer, starts, steps, schedule, GradientNoise(noise, seeds))
+        positions, losses, failure = _run_rows(surface, optimizer, starts, steps, schedule, GradientNoise(noise, seeds))
+        if failure:  # a built-in rule does not raise on a point: a bug, not the user's
+            raise OptbenchError(f"{optimizer_label(type(optimizer))}: {failure} on {surface.name}")
     else:
         rows = [_run_rows(surface, optimizer, starts[i : i + 1], steps, schedule, GradientNoise(noise, seeds[i : i + 1]))
                 for i in range(starts.shape[0])]
         positions = np.concatenate([r[0] for r in rows], axis=1)
         losses = np.concatenate([r[1] for r in rows], axis=1)
+        failures = {i: r[2] for i, r in enumerate(rows) if r[2]}
     finite = np.isfinite(losses) & np.isfinite(positions).all(axis=-1)
     # A trajectory stops at its first non-finite step: nothing after it is kept.
     stop = np.where(finite.all(axis=0), steps + 1, np.argmin(finite, axis=0))
     after_stop = np.arange(steps + 1)[:, None] >= stop[None, :]
     positions[after_stop] = np.nan
     losses[after_stop] = np.nan
-    return TrajectoryBatch(positions, losses, stop)
+    return TrajectoryBatch(positions, losses, stop, failures)
 
 
 def _same_optimizer(a: SurfaceMember, b: SurfaceMember) -> bool:
@@ -198,9 +229,7 @@ def run_members(surface: Surface, members: list[SurfaceMember], steps: int,
             batches += [run(surface, m.build(), starts[i : i + 1], steps, schedule, noise, [m.seed])
                         for i, m in enumerate(group)]
         order += rows
-    batch = TrajectoryBatch.concat(batches)
-    back = np.argsort(order)  # from group order back to member order
-    return TrajectoryBatch(batch.positions[:, back], batch.losses[:, back], batch.stop[back])
+    return TrajectoryBatch.concat(batches).reordered(np.argsort(order))  # from group order back to member order
 
 
 def steps_to_tol(surface: Surface, batch: TrajectoryBatch, tol: float = GAP_TOL) -> np.ndarray:
@@ -227,7 +256,7 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
 
     The grid is a population of one member per lr and start (`run_members`): one vectorised
     batch for a built-in optimizer, one instance per member for a user's class. The best lr has
-    the lowest final loss (diverged runs count as +inf), from several starts the lowest median
+    the lowest final loss (diverged and failed runs count as +inf), from several starts the lowest median
     over them; ties go to the run that came within tolerance first (the median step), then to
     the smaller lr.
     """
@@ -236,7 +265,7 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     hparams = {k: v for k, v in hparams.items() if k != "lr"}
     members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), tuple(s), seed) for lr in grid for s in starts]
     batch = run_members(surface, members, steps, schedule, noise)
-    final = np.where(batch.diverged, np.inf, batch.final_losses).reshape(grid.size, -1)
+    final = np.where(batch.diverged | batch.failed, np.inf, batch.final_losses).reshape(grid.size, -1)
     reached = steps_to_tol(surface, batch)
     reached = np.where(reached < 0, steps + 1, reached).reshape(grid.size, -1)
     return int(np.lexsort((grid, np.median(reached, axis=1), np.median(final, axis=1)))[0]), batch

@@ -177,9 +177,18 @@ def test_user_optimizer_joins_the_builtins(tmp_path, monkeypatch):
     traj = pd.read_csv(tmp_path / "r" / "surface" / "bowl" / "trajectories.csv")
     mine = traj[traj["optimizer"] == "signsgd"].sort_values("step")
     np.testing.assert_allclose(mine[["x", "y"]].to_numpy()[-1], [-7 + 0.3, 2 - 0.3])
+    # By path as well; a file named twice runs once and is one optimizer, not two called alike.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "my_opt.py").rename(tmp_path / "sub" / "my_opt.py")
+    twice = invoke("surface", "--opt", "sub/my_opt.py:SignSGD", "--opt", "./sub/my_opt.py:SignSGD", "--fn", "bowl",
+                   "--steps", "3", "--out", tmp_path / "p", "--no-plot", "-q")
+    assert twice.exit_code == 0, twice.output
+    assert pd.read_csv(tmp_path / "p" / "surface" / "bowl" / "summary.csv")["optimizer"].tolist() == ["signsgd"]
+    no_suffix = invoke("surface", "--opt", "sub/my_opt:SignSGD", "--fn", "bowl", "--out", tmp_path / "q")
+    assert no_suffix.exit_code == 2 and "a path names a .py file" in no_suffix.output
 
 
-def test_a_user_rule_that_raises_on_a_surface_is_named_in_one_line(tmp_path, monkeypatch):
+def test_a_user_rule_that_raises_on_a_surface_is_marked_failed_and_the_others_go_on(tmp_path, monkeypatch):
     (tmp_path / "buggy.py").write_text(
         "class Buggy:\n"
         "    def __init__(self, lr=0.01):\n"
@@ -196,11 +205,24 @@ def test_a_user_rule_that_raises_on_a_surface_is_named_in_one_line(tmp_path, mon
         "        raise KeyError('oops')\n"
     )
     monkeypatch.chdir(tmp_path)
-    for spec, fragment in (("buggy:Buggy", "Buggy: its update raised ValueError: my bug at step 4 on bowl"),
-                           ("buggy:BadInit", "BadInit: init(p) raised KeyError")):
-        result = invoke("surface", "--opt", spec, "--opt", "sgd", "--fn", "bowl", "--out", tmp_path / "out", "--no-plot")
-        assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1
+    alone = invoke("surface", "--opt", "sgd", "--fn", "bowl", "--out", tmp_path / "alone", "--no-plot", "-q")
+    assert alone.exit_code == 0, alone.output
+    sgd_alone = pd.read_csv(tmp_path / "alone" / "surface" / "bowl" / "trajectories.csv")
+    for spec, label, fragment, stop in (
+            ("buggy:Buggy", "Buggy", "Buggy (lr 0.01) on bowl: its update raised ValueError: my bug at step 4", 4),
+            ("buggy:BadInit", "BadInit", "BadInit (lr 0.01) on bowl: init(p) raised KeyError: 'oops'", 1)):
+        out = tmp_path / label
+        result = invoke("surface", "--opt", spec, "--opt", "sgd", "--fn", "bowl", "--out", out, "--no-plot")
+        assert result.exit_code == 0 and fragment in result.output and "Traceback" not in result.output, result.output
+        assert f"{label} (failed at step {stop})" in result.output
+        folder = out / "surface" / "bowl"
+        summary = pd.read_csv(folder / "summary.csv").set_index("optimizer")
+        assert summary.loc[label, "status"] == "failed" and not summary.loc[label, "diverged"]
+        assert summary.loc["sgd", "status"] == "finished" and list(summary.index) == ["sgd", label]  # failed last
+        paths = pd.read_csv(folder / "trajectories.csv")
+        assert (paths["optimizer"] == label).sum() == stop  # the steps before the failure: the start, then 3
+        sgd = paths[paths["optimizer"] == "sgd"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(sgd, sgd_alone)  # the others go on as if it were not there
 
 
 def test_divergence_is_marked_and_the_others_go_on(tmp_path):

@@ -534,3 +534,55 @@ def test_device_auto_names_cells_by_the_device_that_runs_them(tmp_path):
     assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "cpu"\n' + text, "cpu.toml")), tmp_path / "s").done == 1
     again = sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "auto"\n' + text, "auto.toml")), tmp_path / "s")
     assert again.done == 0 and again.skipped == 1  # auto ran on the CPU: the cpu cell, not a new one
+
+
+def test_a_users_rule_from_a_file_runs_in_a_sweep_and_its_failures_are_its_own(tmp_path, monkeypatch):
+    # The rule raises at its 5th step wherever its point starts left of x = 0: those cells are
+    # marked failed, the rest of the sweep runs as it would without the rule.
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "mine.py").write_text(textwrap.dedent("""
+        class Fragile:
+            name = "fragile"
+
+            def __init__(self, lr=0.01):
+                self.lr = lr
+
+            def init(self, p):
+                return {"t": 0, "left": p[..., 0] < 0}
+
+            def update(self, p, g, state):
+                state["t"] += 1
+                if state["t"] == 5 and state["left"].any():
+                    raise ValueError("too far left")
+                p -= self.lr * g
+    """))
+    monkeypatch.chdir(tmp_path)
+    text = """
+        optimizers = ["sgd", "rules/mine.py:Fragile"]
+        lrs = [0.001]
+
+        [[problems]]
+        kind = "surface"
+        surface = "rosenbrock"
+        starts = "grid:2"
+        steps = 50
+
+        [[problems]]
+        kind = "surface"
+        surface = "bowl"
+        steps = 50
+    """
+    progress = sweep.run_sweep(sweep.load_sweep(write(tmp_path, text)), tmp_path / "with")
+    assert sweep.Store(tmp_path / "with").manifest()["status"] == "finished" and progress.done == 10
+    cells = sweep.Store(tmp_path / "with").cells()
+    mine = cells[cells["optimizer"] == "fragile"]
+    assert (mine["status"] == np.where(mine["start_x"] < 0, "failed", "finished")).all()
+    assert (mine.loc[mine["status"] == "failed", "steps"] == 4).all()  # the steps before the one that raised
+    assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, text)), tmp_path / "with").skipped == 10  # resumable
+
+    alone = write(tmp_path, text.replace(', "rules/mine.py:Fragile"', ""), "alone.toml")
+    sweep.run_sweep(sweep.load_sweep(alone), tmp_path / "alone")
+    with_cells, _ = stored(tmp_path / "with")
+    alone_cells, _ = stored(tmp_path / "alone")
+    pd.testing.assert_frame_equal(with_cells[with_cells["optimizer"] == "sgd"].reset_index(drop=True), alone_cells,
+                                  check_exact=True)
