@@ -568,7 +568,11 @@ def _member_frames(members: list[Member], log: PopulationLog, per_epoch: int, ba
             "diverged": diverged,
             "status": log.status(k),
         })
-    return pd.concat(curves, ignore_index=True), pd.concat(epochs, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+    # A member that stopped before its first evaluation has no epoch rows; its empty frame (of
+    # object columns) would turn every column of the concatenation into objects.
+    evaluated = [frame for frame in epochs if len(frame)] or epochs[:1]
+    return (pd.concat(curves, ignore_index=True), pd.concat(evaluated, ignore_index=True),
+            pd.DataFrame(summary, columns=SUMMARY_COLUMNS))
 
 
 def _last(column: pd.Series) -> float:

@@ -197,6 +197,19 @@ def test_a_diverged_member_is_marked_in_the_tables(data):
     assert result.aggregate.set_index("lr").loc[1e5, "status"] == "1 diverged"
 
 
+def test_members_that_diverge_before_their_first_evaluation_leave_the_epoch_table_numeric(data, tmp_path):
+    # Two seeds of sgd at lr 1e5 diverge within the first 50 steps, before any evaluation: the
+    # epoch table holds adam's rows alone, still numbers, and its plots draw the seeds' bands.
+    result = Experiment(optimizers=["sgd", "adam"], lrs=[1e5, 1e-3], seeds=2, problem=SMALL).run(data=data)
+    summary = result.summary
+    assert (summary.loc[(summary["optimizer"] == "sgd") & (summary["lr"] == 1e5), "status"] == "diverged").sum() == 2
+    epochs = result.epochs
+    assert epochs["test_acc"].dtype == np.float64 and epochs["iteration"].dtype == np.int64
+    assert not ((epochs["optimizer"] == "sgd") & (epochs["lr"] == 1e5)).any()
+    written = result.write(tmp_path / "run")
+    assert {"accuracy.png", "loss.png"} <= {p.name for p in written}
+
+
 def test_tuning_never_reads_the_test_set(data):
     problem = MnistProblem(hidden=(32,), batch_size=64, iterations=60, validation=1000)
     clean = Experiment(optimizers=["adam", "sgd"], tune=True, problem=problem).run(data=data)
