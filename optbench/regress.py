@@ -15,7 +15,6 @@ Same suite, same machine: bitwise the same numbers, so an unchanged tree always 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -26,11 +25,6 @@ import pandas as pd
 from optbench import results
 from optbench.errors import OptbenchError
 from optbench.optimizers import select_optimizers
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 BASELINE_COLUMNS = ["case", "metric", "value", "spread"]
 COMPARISON_COLUMNS = ["suite", "case", "metric", "baseline", "now", "delta", "tolerance", "status"]
@@ -69,12 +63,7 @@ class Suite:
 
 def load_suite(path: Path) -> Suite:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise OptbenchError(f"suite file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OptbenchError(f"suite {path}: not valid TOML ({exc})") from None
+    _, data = results.read_toml(path, "suite file")
     kind = data.get("kind")
     if kind not in RUNNERS:
         raise OptbenchError(f"suite {path}: kind must be one of {', '.join(RUNNERS)}, got {kind!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,26 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise OptbenchError(f"no such file: {path}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise OptbenchError(f"cannot read {path}: {exc}") from None
+
+
+def read_toml(path: Path, what: str) -> tuple[str, dict]:
+    """The text and the data of a TOML file (`what` names it in the one-line error: "suite",
+    "sweep file")."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise OptbenchError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not text
+        raise OptbenchError(f"cannot read {what} {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise OptbenchError(f"{what} {path}: not valid TOML ({exc})") from None
 
 
 def prepare_dir(path: Path) -> Path:

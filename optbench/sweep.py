@@ -45,11 +45,6 @@ import pandas as pd
 from optbench import results
 from optbench.errors import OptbenchError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 DEFAULT_POPULATION = 64
 STORE_FORMAT = 1
 
@@ -157,16 +152,7 @@ def load_sweep(path: Path) -> SweepFile:
     """Read and check a sweep file: unknown keys, bad types and unknown names are refused with
     the file, the key and its line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise OptbenchError(f"sweep file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OptbenchError(f"cannot read sweep file {path}: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise OptbenchError(f"{path}: not valid TOML ({exc})") from None
+    text, data = results.read_toml(path, "sweep file")
     sweep = SweepFile(path, text, data)
     _check_keys(sweep, data, TOP, None, 0)
     if "problems" not in data:

@@ -123,6 +123,9 @@ def test_a_broken_suite_file_is_named(tmp_path):
     bad.write_text("kind = 'cifar'\n")
     assert "kind must be one of surface, mnist" in invoke("regress", "--suite", bad).output
     assert invoke("regress", "--suite", tmp_path / "none.toml").exit_code == 2
+    folder = invoke("regress", "--suite", tmp_path)  # a folder given for the file
+    assert folder.exit_code == 2 and "cannot read suite file" in folder.output and "Traceback" not in folder.output
+    assert len(folder.output.strip().splitlines()) == 1
 
 
 def test_tolerance_rule():

@@ -139,6 +139,12 @@ def test_bad_sweep_files_name_the_file_the_key_and_the_line_and_write_nothing(tm
     assert r.exit_code == 2 and "Traceback" not in r.output and not out.exists(), r.output
 
 
+def test_a_sweep_file_that_cannot_be_read_is_named_in_one_line(tmp_path):
+    for path, message in ((tmp_path / "none.toml", "sweep file not found"), (tmp_path, "cannot read sweep file")):
+        r = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "store")])
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
 def test_a_gpu_sweep_without_a_gpu_stops_before_anything_is_written(tmp_path):
     from optbench.backend import gpu_available
 
