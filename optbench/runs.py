@@ -20,7 +20,8 @@ from optbench.experiment import CURVE_COLUMNS, EPOCH_COLUMNS, SUMMARY_COLUMNS, R
 from optbench.targets import TARGET_COLUMNS
 
 # Columns a folder written before populations (or schedules) may lack; what they mean there.
-_OLD_SUMMARY = ("lr", "schedule", "seed", "final_val_acc", "best_val_acc", "status", *TARGET_COLUMNS)
+# What `_complete` fills in for a folder written before these columns existed.
+_OLD_COLUMNS = ("lr", "schedule", "seed", "val_loss", "val_acc", "final_val_acc", "best_val_acc", "status", *TARGET_COLUMNS)
 
 
 def default_run_name(dataset: str, device: str) -> str:
@@ -75,18 +76,26 @@ def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
             meta = json.loads((folder / "manifest.json").read_text())
         except (OSError, ValueError):
             meta = {}
-        summary = results.read_csv(folder / "summary.csv")
-        missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns and c not in _OLD_SUMMARY]
-        if missing:
-            raise OptbenchError(f"{folder / 'summary.csv'}: missing columns {', '.join(missing)}")
         seed = int((meta.get("config") or {}).get("seed", 0))
-        summary = _complete(summary, seed, summary)
-        summaries.append(summary[SUMMARY_COLUMNS].assign(run=folder.name))
-        curves.append(_complete(results.read_csv(folder / "curves.csv"), seed, summary)[CURVE_COLUMNS].assign(run=folder.name))
-        epochs.append(_complete(results.read_csv(folder / "epochs.csv"), seed, summary)[EPOCH_COLUMNS].assign(run=folder.name))
+        summary = _read(folder / "summary.csv", SUMMARY_COLUMNS, seed)
+        summaries.append(summary.assign(run=folder.name))
+        curves.append(_read(folder / "curves.csv", CURVE_COLUMNS, seed, summary).assign(run=folder.name))
+        epochs.append(_read(folder / "epochs.csv", EPOCH_COLUMNS, seed, summary).assign(run=folder.name))
         metas.append(meta)
     return (pd.concat(curves, ignore_index=True), pd.concat(epochs, ignore_index=True),
             pd.concat(summaries, ignore_index=True), metas)
+
+
+def _read(path: Path, columns: list[str], seed: int, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One of a run folder's CSVs with `columns`, an old folder's completed (`_complete`, the lrs
+    from `summary`); a file that lacks a column even so is named in one line."""
+    frame = results.read_csv(path)
+    try:
+        return _complete(frame, seed, frame if summary is None else summary)[columns]
+    except KeyError:
+        missing = [c for c in columns if c not in frame.columns and c not in _OLD_COLUMNS]
+        missing = missing or [c for c in ("optimizer", "lr") if c not in frame.columns]
+        raise OptbenchError(f"{path}: missing columns {', '.join(missing)} (not a whole optbench run file)") from None
 
 
 def _complete(frame: pd.DataFrame, seed: int, summary: pd.DataFrame) -> pd.DataFrame:

@@ -115,6 +115,22 @@ def test_report_of_a_run_interrupted_before_any_member_trained(tmp_path):
     assert "partial" in result.output and not (folder / "loss.png").exists()
 
 
+@pytest.mark.parametrize("name, column, fragment", [
+    ("summary", "final_test_acc", "neither a surface nor an MNIST summary"),
+    ("curves", "optimizer", "missing columns optimizer (not a whole optbench run file)"),
+    ("epochs", "test_acc", "missing columns test_acc (not a whole optbench run file)"),
+])
+def test_report_names_a_run_file_that_lacks_a_column(tmp_path, name, column, fragment):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for part, columns in (("curves", experiment.CURVE_COLUMNS), ("epochs", experiment.EPOCH_COLUMNS), ("summary", experiment.SUMMARY_COLUMNS)):
+        kept = [c for c in columns if not (part == name and c == column)]
+        pd.DataFrame(columns=kept).to_csv(folder / f"{part}.csv", index=False)
+    result = invoke("report", folder)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == f"error: {folder / (name + '.csv')}: {fragment}"
+
+
 def test_report_names_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("report", tmp_path)
     assert result.exit_code == 2 and "is not an optbench run folder" in result.output
