@@ -288,14 +288,17 @@ def mnist_command(
     try:
         with progress:
             result = plan.run(reporter, device=chosen)
-    except KeyboardInterrupt:
-        if result is None:
-            raise
-        result.manifest["status"] = "interrupted"  # it came as the progress bars closed
-    except OptbenchError:
-        if not any(folder.iterdir()):  # stopped before anything was written (the data, say): no empty run
-            folder.rmdir()
-        raise
+    except (KeyboardInterrupt, OptbenchError) as exc:
+        if result is not None and isinstance(exc, KeyboardInterrupt):
+            result.manifest["status"] = "interrupted"  # it came as the progress bars closed
+        else:
+            if not any(folder.iterdir()):  # stopped before anything was written (the data, say): no empty run
+                folder.rmdir()
+            if isinstance(exc, OptbenchError):
+                raise
+            err_console.print("[yellow]interrupted[/] before any member trained" +
+                              (f": kept what was written, in {escape(str(folder))}" if folder.exists() else ": nothing written"))
+            raise typer.Exit(130) from None
     try:
         written = result.write(folder, plot=plot)
     except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says what happened

@@ -319,3 +319,13 @@ def test_a_data_error_leaves_no_empty_run_folder(tmp_path, monkeypatch):
     result = invoke("mnist", "--iterations", "5", "--out", tmp_path, "--name", "x")
     assert result.exit_code == 2 and "could not fetch mnist" in result.output
     assert not (tmp_path / "mnist" / "x").exists()
+
+
+def test_ctrl_c_while_the_data_loads_leaves_no_empty_run_folder_and_says_so(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) during a download or the cache's unpacking
+
+    monkeypatch.setattr(experiment, "load_data", interrupted)
+    result = invoke("mnist", "--iterations", "5", "--out", tmp_path, "--name", "x")
+    assert result.exit_code == 130 and "interrupted before any member trained: nothing written" in result.output
+    assert not (tmp_path / "mnist" / "x").exists()
