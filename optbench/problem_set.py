@@ -77,7 +77,7 @@ class ProblemSet:
         keeps the folders written so far."""
         self.check()
         folders = []
-        contenders = select_contenders(list(self.optimizers), [], points=True)
+        contenders = select_contenders(list(self.optimizers), [], points=True) if self.surfaces else []
         for name in self.surfaces:
             if on_surface:
                 on_surface(name)

@@ -150,3 +150,16 @@ def test_a_profile_names_a_folder_that_did_not_finish(tmp_path):
     r = runner.invoke(app, ["profile", str(tmp_path / "surface" / "bowl"), str(tmp_path / "surface" / "booth"),
                             "--out", str(tmp_path)])
     assert r.exit_code == 0 and "not finished" in r.output and "booth" in r.output.split("not finished")[1], r.output
+
+
+def test_muon_in_a_problem_set_without_surfaces_is_not_refused(tmp_path, monkeypatch):
+    # Muon is refused on surfaces only: a set of data sets alone takes it.
+    from optbench.problem_set import ProblemSet
+
+    plan = ProblemSet(optimizers=["muon", "adam"], surfaces=[], datasets=["mnist"], epochs=1, train_size=1000,
+                      test_size=200)
+    plan.check()
+    monkeypatch.setattr(ProblemSet, "experiments", lambda self: [])  # what it trains is another test's
+    assert plan.run(tmp_path) == []
+    with pytest.raises(OptbenchError, match="orthogonalises weight matrices"):
+        ProblemSet(optimizers=["muon"], surfaces=["bowl"], datasets=[]).check()
