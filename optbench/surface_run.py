@@ -147,7 +147,7 @@ def run_surface(
         for m in members:
             if m.optimizer not in chosen:
                 best, grid_batch = tune_lr(surface, m.cls, m.hparams, points, steps, schedule=schedule, noise=noise,
-                                           seed=m.seed)
+                                           seed=m.seed, tol=tol)
                 tunings.append(_tuning_frame(surface, m.optimizer, grid_batch, best, points))
                 chosen[m.optimizer] = float(TUNE_GRID[best])
         members = [replace(m, lr=chosen[m.optimizer]) for m in members]

@@ -250,15 +250,15 @@ def distance_to_minimum(surface: Surface, points: np.ndarray) -> np.ndarray:
 
 
 def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=TUNE_GRID,
-            schedule: Schedule = CONSTANT, noise: float = 0.0, seed: int = 0):
+            schedule: Schedule = CONSTANT, noise: float = 0.0, seed: int = 0, tol: float = GAP_TOL):
     """Run every lr of `grid` from `start` (a point, or (N, 2) start points); return (index of
     the best lr, batch with one row per lr, or per lr and start, lr-major).
 
     The grid is a population of one member per lr and start (`run_members`): one vectorised
     batch for a built-in optimizer, one instance per member for a user's class. The best lr has
     the lowest final loss (diverged and failed runs count as +inf), from several starts the lowest median
-    over them; ties go to the run that came within tolerance first (the median step), then to
-    the smaller lr.
+    over them; ties go to the run that came within `tol` of the minimum first (the median step),
+    then to the smaller lr.
     """
     grid = np.asarray(grid, dtype=np.float64)
     starts = np.atleast_2d(np.asarray(start, dtype=np.float64))
@@ -266,6 +266,6 @@ def tune_lr(surface: Surface, cls: type, hparams: dict, start, steps: int, grid=
     members = [SurfaceMember(optimizer_label(cls), cls, hparams, float(lr), tuple(s), seed) for lr in grid for s in starts]
     batch = run_members(surface, members, steps, schedule, noise)
     final = np.where(batch.diverged | batch.failed, np.inf, batch.final_losses).reshape(grid.size, -1)
-    reached = steps_to_tol(surface, batch)
+    reached = steps_to_tol(surface, batch, tol)
     reached = np.where(reached < 0, steps + 1, reached).reshape(grid.size, -1)
     return int(np.lexsort((grid, np.median(reached, axis=1), np.median(final, axis=1)))[0]), batch

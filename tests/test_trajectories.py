@@ -455,3 +455,27 @@ def test_surface_lrs_cover_every_surface_and_optimizer():
     for name, lrs in SURFACE_LRS.items():
         assert set(lrs) == set(POINT_OPTIMIZERS), name
         assert all(lr > 0 for lr in lrs.values())
+
+
+class Scripted:
+    """A user optimizer that follows a script: on the bowl (minimum 0 at the origin) it holds a
+    point of loss 1e-2 (at lr 0.1) or 1e-4 (at lr 0.2) for nine steps, then lands on the minimum."""
+
+    def __init__(self, lr=0.1):
+        self.lr = lr
+
+    def init(self, p):
+        return {"step": 0}
+
+    def update(self, p, g, state):
+        state["step"] += 1
+        loss = 1e-2 if self.lr == 0.1 else 1e-4
+        p[...] = (0.0, np.sqrt(loss)) if state["step"] < 10 else 0.0
+
+
+def test_tune_lr_breaks_ties_by_the_steps_to_the_tolerance_it_is_given():
+    # Both lrs end at loss 0. Within 0.1 both get there at step 1: the smaller lr wins the tie.
+    # Within 1e-3 only lr 0.2 is there at step 1 (lr 0.1 at step 10): lr 0.2 wins.
+    grid = [0.1, 0.2]
+    assert tune_lr(BOWL, Scripted, {}, (-7.0, 2.0), 20, grid=grid, tol=0.1)[0] == 0
+    assert tune_lr(BOWL, Scripted, {}, (-7.0, 2.0), 20, grid=grid, tol=1e-3)[0] == 1
