@@ -741,32 +741,10 @@ class Executor:
                 done(population, run_population(population))
 
     def _processes(self, pops, done) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from optbench.workers import run_in_processes
 
-        context = multiprocessing.get_context("spawn")  # Numba's threads and fork do not mix
-        queue = context.Queue()
-        for gpu in self.gpus:
-            queue.put(gpu)
-        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin_gpu,
-                                   initargs=(queue if self.gpus else None,))
-        futures = {pool.submit(run_population, p): p for p in pops}
-        written = set()
-        try:
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-                written.add(future)
-        except BaseException:
-            # Stopped (Ctrl-C, SIGTERM) or failed: keep what had finished, and stop the rest now
-            # rather than wait for populations whose results would be thrown away.
-            for future in futures:
-                if future not in written and future.done() and not future.cancelled() and future.exception() is None:
-                    done(futures[future], future.result())
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        run_in_processes(run_population, pops, self.workers, done,
+                         [{"CUDA_VISIBLE_DEVICES": str(gpu)} for gpu in self.gpus])
 
     def _dask(self, pops, done) -> None:
         from distributed import as_completed
@@ -791,11 +769,6 @@ def _sigint_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _pin_gpu(queue) -> None:
-    if queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
 
 
 def _connect(address: str, timeout: float = 6.0):

@@ -1,0 +1,84 @@
+"""Local worker processes (`optbench.workers`): every item once, errors raised in the parent, a
+dead worker's item run again, and a stop that leaves no thread or process behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from optbench.errors import OptbenchError
+from optbench.workers import run_in_processes
+
+
+def square(n: int) -> tuple[int, int, str]:
+    return n, n * n, os.environ.get("OPTBENCH_TEST_SLOT", "")
+
+
+def refuse_three(n: int) -> int:
+    if n == 3:
+        raise OptbenchError("three is refused")
+    return n
+
+
+def die_once(marker: str) -> str:
+    # The first worker to run an item dies on it, as an out-of-memory kill would end it.
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os._exit(9)
+    return marker
+
+
+def always_die(marker: str) -> str:
+    os._exit(9)
+
+
+def slow(n: int) -> int:
+    time.sleep(1.0)
+    return n
+
+
+def nothing_left_behind() -> None:
+    assert threading.enumerate() == [threading.main_thread()]
+    assert multiprocessing.active_children() == []
+
+
+def test_every_item_once_with_each_workers_environment():
+    got = {}
+    run_in_processes(square, range(7), 2, lambda item, value: got.setdefault(item, value),
+                     [{"OPTBENCH_TEST_SLOT": "a"}, {"OPTBENCH_TEST_SLOT": "b"}])
+    assert sorted(got) == list(range(7)) and all(v[:2] == (n, n * n) for n, v in got.items())
+    assert {v[2] for v in got.values()} <= {"a", "b"}
+    nothing_left_behind()
+
+
+def test_an_error_in_a_worker_is_raised_here_and_the_rest_stop():
+    with pytest.raises(OptbenchError, match="three is refused"):
+        run_in_processes(refuse_three, [1, 2, 3, 4, 5], 2, lambda item, value: None)
+    nothing_left_behind()
+
+
+def test_an_item_whose_worker_died_runs_again_on_a_new_one(tmp_path):
+    items = [str(tmp_path / f"m{i}") for i in range(3)]
+    got = []
+    run_in_processes(die_once, items, 2, lambda item, value: got.append(value))
+    assert sorted(got) == sorted(items)  # each once, though each killed its first worker
+    with pytest.raises(OptbenchError, match="died twice"):
+        run_in_processes(always_die, ["x"], 1, lambda item, value: None)
+    nothing_left_behind()
+
+
+def test_an_interrupt_stops_the_workers_at_once_and_leaves_nothing_running():
+    def interrupt(item, value):
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_processes(slow, range(40), 2, interrupt)
+    assert time.monotonic() - started < 10  # the first item and the start-up, not the 20 s of the list
+    nothing_left_behind()
