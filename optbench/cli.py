@@ -574,6 +574,8 @@ def sweep_command(
     task = progress.add_task(f"sweep {spec.data.get('name', file.stem)}", total=None)
 
     def landed(state) -> None:
+        if state.damaged and state.done == 0:  # the first call, before anything runs
+            _warn(f"{len(state.damaged)} damaged part(s) of {store} set aside as .damaged-part-*; their cells run again")
         progress.update(task, total=state.total - state.skipped, completed=state.done)
         if verbose and not quiet and state.done:
             counts = ", ".join(f"{w}: {n}" for w, n in sorted(state.workers.items()))

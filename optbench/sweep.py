@@ -616,14 +616,56 @@ class Store:
             results.prepare_dir(folder)
         self._drop_orphans()
 
+    # What a store holds, and what `optbench report --html` and `optbench profile` write into it
+    # by default: none of them makes it another kind of folder.
+    CONTENTS = ("cells", "curves", "manifest.json", "report.html", "profile")
+
     def may_write(self) -> bool:
         """A new or empty folder, or a store (even one stopped before its manifest was written);
         not a folder of anything else."""
         if not self.root.is_dir():
             return not self.root.exists()
-        foreign = [p for p in self.root.iterdir()
-                   if p.name not in ("cells", "curves", "manifest.json") and not p.name.startswith(".")]
+        foreign = [p for p in self.root.iterdir() if p.name not in self.CONTENTS and not p.name.startswith(".")]
         return not foreign and self.manifest().get("kind", "sweep") == "sweep"
+
+    @contextmanager
+    def locked(self):
+        """The store's own lock, held while a sweep writes: a second sweep into the same store
+        (its populations cut otherwise, so its parts named otherwise) would land its cells twice."""
+        results.prepare_dir(self.root)
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - not POSIX: no lock
+                yield
+                return
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise OptbenchError(f"another sweep is writing {self.root}: wait for it, or give --out another store") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def set_aside_damaged(self) -> list[str]:
+        """Parts that do not read (a disk that filled, a copy cut short) are renamed
+        `.damaged-part-…`, with their population's other part, so that its cells run again;
+        returns the populations' part names."""
+        import pyarrow.parquet as pq
+
+        damaged = []
+        for folder, check in ((self.cells_dir, pq.read_table), (self.curves_dir, pq.read_metadata)):
+            for path in sorted(folder.glob("part-*.parquet")):
+                try:
+                    check(path)
+                except Exception:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+                    damaged.append(path.name)
+        for name in dict.fromkeys(damaged):
+            for folder in (self.cells_dir, self.curves_dir):
+                if (folder / name).exists():
+                    (folder / name).rename(folder / f".damaged-{name}")
+        return list(dict.fromkeys(damaged))
 
     def _drop_orphans(self) -> None:
         """A crash between a population's two partitions leaves its curves without its cells:
@@ -655,16 +697,24 @@ class Store:
 
     def manifest(self) -> dict:
         try:
-            return json.loads((self.root / "manifest.json").read_text())
+            manifest = json.loads((self.root / "manifest.json").read_text())
         except (OSError, ValueError):
             return {}
+        return manifest if isinstance(manifest, dict) else {}
 
 
 def _read_parts(folder: Path) -> pd.DataFrame:
     parts = sorted(folder.glob("part-*.parquet"))
     if not parts:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frames = []
+    for path in parts:
+        try:
+            frames.append(pd.read_parquet(path))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+            raise OptbenchError(f"{path}: a damaged part ({type(exc).__name__}); rerun the sweep into this store to run "
+                                "its cells again") from None
+    return pd.concat(frames, ignore_index=True)
 
 
 def is_store(folder: Path) -> bool:
@@ -789,26 +839,26 @@ class SweepProgress:
     skipped: int  # already in the store
     done: int  # run now
     workers: dict[str, int]  # cells per worker
+    damaged: list[str] = field(default_factory=list)  # parts that did not read, set aside: their cells run again
 
 
-def plan(sweep: SweepFile, store: Store) -> tuple[list[Cell], list[Population]]:
-    """Every cell, and the populations of those not yet in the store."""
+def _missing(sweep: SweepFile, cells: list[Cell], store: Store) -> list[Population]:
+    """The populations of the cells not yet in the store."""
     data = sweep.data
-    cells = expand(sweep)
     finished = store.finished() if store.cells_dir.is_dir() else set()
     todo = [c for c in cells if c.id not in finished]
-    return cells, populations(todo, data.get("population", DEFAULT_POPULATION), data.get("device", "cpu"),
-                              data.get("threads", 1))
+    return populations(todo, data.get("population", DEFAULT_POPULATION), data.get("device", "cpu"),
+                       data.get("threads", 1))
 
 
-def _check_device(sweep: SweepFile, executor: Executor, pops: list[Population]) -> None:
+def _check_device(sweep: SweepFile, executor: Executor, cells: list[Cell]) -> None:
     """A GPU asked for where the populations will run here (in-process, local processes, a
     LocalCluster) must be here, before anything is written. A scheduler's workers are elsewhere:
     their GPUs are theirs to check."""
     from optbench.backend import select_device
 
     remote = executor.dask not in (None, "local") or (executor.client is not None and executor.dask is None)
-    if not remote and any(p.device == "gpu" and p.cells[0].problem["kind"] == "mnist" for p in pops):
+    if not remote and sweep.data.get("device") == "gpu" and any(c.problem["kind"] == "mnist" for c in cells):
         try:
             select_device("gpu")
         except OptbenchError as exc:
@@ -831,10 +881,6 @@ def run_sweep(sweep: SweepFile, out: Path, executor: Executor | None = None,
 
 
 def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> SweepProgress:
-    from optbench import __version__
-    from optbench.backend import cpu_facts
-    from optbench.experiment import git_commit
-
     if not store.may_write():  # an MNIST run folder, say: its manifest would be overwritten by the sweep's
         raise OptbenchError(f"{store.root} is not a sweep store and not empty: give --out a new folder or a store")
     if sweep.data.get("device") == "auto":
@@ -842,10 +888,21 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
         from optbench.backend import gpu_available
 
         sweep.data["device"] = "gpu" if gpu_available() else "cpu"
-    cells, pops = plan(sweep, store)
-    _check_device(sweep, executor, pops)
+    cells = expand(sweep)
+    _check_device(sweep, executor, cells)
+    with store.locked():
+        return _run_locked(sweep, store, executor, on_population, cells)
+
+
+def _run_locked(sweep: SweepFile, store: Store, executor: Executor, on_population, cells: list[Cell]) -> SweepProgress:
+    from optbench import __version__
+    from optbench.backend import cpu_facts
+    from optbench.experiment import git_commit
+
+    damaged = store.set_aside_damaged()
+    pops = _missing(sweep, cells, store)
     store.prepare()
-    progress = SweepProgress(len(cells), len(cells) - sum(len(p.cells) for p in pops), 0, {})
+    progress = SweepProgress(len(cells), len(cells) - sum(len(p.cells) for p in pops), 0, {}, damaged)
     manifest = {"kind": "sweep", "optbench": __version__, "sweep_file": str(sweep.path), "sweep": sweep.data,
                 "command": sys.argv, "executor": executor.label, "cells": progress.total, "status": "running",
                 "started": datetime.now().isoformat(timespec="seconds"), "device": cpu_facts(), "git_commit": git_commit()}

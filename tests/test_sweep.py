@@ -592,3 +592,40 @@ def test_a_users_rule_from_a_file_runs_in_a_sweep_and_its_failures_are_its_own(t
     alone_cells, _ = stored(tmp_path / "alone")
     pd.testing.assert_frame_equal(with_cells[with_cells["optimizer"] == "sgd"].reset_index(drop=True), alone_cells,
                                   check_exact=True)
+
+
+def test_a_damaged_part_is_named_by_readers_and_set_aside_by_the_next_sweep(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    store = tmp_path / "store"
+    sweep.run_sweep(spec, store)
+    undisturbed = tmp_path / "undisturbed"
+    sweep.run_sweep(spec, undisturbed)
+    part = sorted((store / "curves").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])  # a copy cut short, a disk that filled
+    r = runner.invoke(app, ["report", str(store)])
+    assert r.exit_code == 0, r.output  # the report reads the cells, which are whole
+    with pytest.raises(OptbenchError, match=f"{part.name}: a damaged part"):
+        sweep.Store(store).curves()
+    r = runner.invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--out", str(store), "-q"])
+    assert r.exit_code == 0 and "1 damaged part(s)" in r.output, r.output
+    assert (store / "curves" / f".damaged-{part.name}").exists() and (store / "cells" / f".damaged-{part.name}").exists()
+    assert_same_store(store, undisturbed)  # its cells ran again, and the store is whole
+
+
+def test_two_sweeps_cannot_write_one_store_at_once(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    store = sweep.Store(tmp_path / "store")
+    with store.locked():  # as a sweep running in another process holds it
+        with pytest.raises(OptbenchError, match="another sweep is writing"):
+            sweep.run_sweep(spec, tmp_path / "store")
+    assert sweep.run_sweep(spec, tmp_path / "store").done == 60
+
+
+def test_a_report_or_profile_written_into_a_store_does_not_stop_it_growing(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SURFACES))
+    store = tmp_path / "store"
+    sweep.run_sweep(spec, store)
+    assert runner.invoke(app, ["report", "--html", str(store)]).exit_code == 0 and (store / "report.html").exists()
+    (store / "manifest.json").write_text("[1, 2]")  # valid JSON, not an object: read as no manifest
+    grown = write(tmp_path, SURFACES.replace("seeds = 2", "seeds = 3"), "grown.toml")
+    assert sweep.run_sweep(sweep.load_sweep(grown), store).done == 30
