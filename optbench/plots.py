@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import textwrap
 from pathlib import Path
 
-import matplotlib
+if "matplotlib" not in sys.modules:
+    # Files only, so the backend is Agg; said before the import, since matplotlib refuses to load
+    # with a backend it does not know in $MPLBACKEND (a notebook's "inline", say).
+    os.environ["MPLBACKEND"] = "Agg"
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: never open a window, work on machines with no display
 

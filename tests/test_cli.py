@@ -367,3 +367,16 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130():
     done = subprocess.run([sys.executable, "-c", code, "list"], capture_output=True, text=True)
     assert done.returncode == 130
     assert done.stderr.strip() == "interrupted before the command started"
+
+
+def test_a_backend_matplotlib_does_not_know_in_mplbackend_still_draws(tmp_path):
+    # A notebook's "inline" left in the environment: matplotlib alone refuses to load with it.
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "optbench", "surface", "--opt", "adam", "--fn", "bowl", "--steps", "5",
+                           "--out", str(tmp_path), "-q"], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "inline"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "surface" / "bowl" / "trajectories.png").stat().st_size > 0
