@@ -301,12 +301,8 @@ def mnist_command(
             raise typer.Exit(130) from None
     try:
         written = result.write(folder, plot=plot)
-    except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says what happened
-        from optbench.results import write_json
-
+    except KeyboardInterrupt:  # a second Ctrl-C: every file is whole; the manifest says interrupted
         written = []
-        result.manifest["status"] = "interrupted"
-        write_json(result.manifest, folder / "manifest.json")
     if not quiet and written:
         _print_mnist_result(result, f"{dataset}, {'-'.join(map(str, problem.sizes))}, batch {batch_size}, {chosen.name}")
         console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")

@@ -329,3 +329,22 @@ def test_ctrl_c_while_the_data_loads_leaves_no_empty_run_folder_and_says_so(tmp_
     result = invoke("mnist", "--iterations", "5", "--out", tmp_path, "--name", "x")
     assert result.exit_code == 130 and "interrupted before any member trained: nothing written" in result.output
     assert not (tmp_path / "mnist" / "x").exists()
+
+
+def test_an_interrupt_while_a_run_folder_is_written_marks_its_manifest(tmp_path, mnist_available, monkeypatch):
+    # Whoever writes the folder (the mnist command, a profile's problem set, the Python API):
+    # Ctrl-C or SIGTERM among the plots leaves whole files and a manifest that says interrupted.
+    from optbench import plots
+
+    result = experiment.Experiment(optimizers=["adam"], problem=experiment.MnistProblem(
+        hidden=(16,), iterations=10, eval_every=5, train_size=1000, test_size=200)).run()
+    assert result.status == "finished"
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "save_accuracy", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        result.write(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "interrupted"
+    assert result.status == "interrupted" and len(pd.read_csv(tmp_path / "run" / "summary.csv")) == 1
