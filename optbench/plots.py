@@ -153,9 +153,11 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
         return [title] + [p[3] for p in paths.values()] + [p[4] for p in paths.values()]
 
     movie = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
-    with atomic_path(path) as tmp:
-        movie.save(tmp, writer=animation.PillowWriter(fps=12), dpi=60)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            movie.save(tmp, writer=animation.PillowWriter(fps=12), dpi=60)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -254,9 +256,11 @@ def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)  # a figure left open on failure would stay in pyplot's memory
     return Path(path)
 
 

@@ -22,14 +22,21 @@ from optbench.errors import OptbenchError
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path` (same suffix); rename it onto `path` on success."""
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` on success. A
+    write that fails (a full disk, a folder made read-only meanwhile) is one line: OptbenchError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OptbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OptbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -63,3 +63,34 @@ def test_javascript_json_parse_reads_a_prodigy_manifest(prodigy_manifest):
     node = subprocess.run([NODE, "-e", script, str(prodigy_manifest)], capture_output=True, text=True, timeout=60)
     assert node.returncode == 0, node.stderr
     assert node.stdout.strip() == "inf"
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    import errno
+
+    from optbench.errors import OptbenchError
+
+    target = tmp_path / "summary.csv"
+    with pytest.raises(OptbenchError, match=r"cannot write .*summary.csv: No space left on device"):
+        with results.atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")  # a disk that filled mid-write
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OptbenchError, match="cannot write"):
+        results.write_csv(__import__("pandas").DataFrame({"a": [1]}), tmp_path / "no-such-folder" / "x.csv")
+
+
+def test_a_full_disk_while_a_surface_is_drawn_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from optbench import plots
+    from optbench.cli import app
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots.plt.Figure, "savefig", lambda *a, **k: full())
+    result = CliRunner().invoke(app, ["surface", "--opt", "sgd", "--fn", "bowl", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "trajectories.png: No space left on device" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not plots.plt.get_fignums()
