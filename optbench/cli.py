@@ -617,29 +617,25 @@ def regress_command(
     quiet: QuietOption = False,
 ) -> None:
     """Rerun the regression suites and compare with their baselines: exit 0 ok, 1 regression, 2 bad input."""
-    import pandas as pd
-
     from optbench import regress
 
     suites = [regress.load_suite(path) for path in (suite or regress.default_suites())]
     if update:
-        for s in suites:
-            changed = regress.write_baseline(s, regress.measure(s))
+        def updated(s, changed) -> None:
             console.print(f"{escape(s.name)}: wrote {escape(str(s.baseline_path))} ({len(changed)} value(s) changed)")
             if len(changed) and not quiet:
                 console.print(tables.baseline_changes(changed.head(40), f"{s.name}: changed values (first 40)"))
+
+        regress.update(suites, updated)
         return
-    baselines = [regress.read_baseline(s) for s in suites]  # every baseline checked before any run
-    comparisons = []
-    for s, baseline in zip(suites, baselines):
+    folder = prepare_dir(out / "regress")  # before the suites run: an unwritable --out is found now
+
+    def starting(s) -> None:
         if not quiet:
             err_console.print(f"[dim]running suite {escape(s.name)} ({escape(str(s.path))})[/]")
-        comparisons.append(regress.compare(s, baseline, regress.RUNNERS[s.kind](s, None)))
-    comparison = pd.concat(comparisons, ignore_index=True)
-    comparison = comparison.sort_values("status", key=lambda c: c.ne("FAIL") * 2 + c.eq("ok"), kind="stable")
-    from optbench.results import write_csv
 
-    path = write_csv(comparison, prepare_dir(out / "regress") / "comparison.csv")
+    comparison = regress.check(suites, starting)
+    path = write_csv(comparison, folder / "comparison.csv")
     failed = comparison[comparison["status"] != "ok"]
     shown = comparison if show_all else failed
     if not quiet and len(shown):

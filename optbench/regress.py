@@ -304,6 +304,32 @@ def write_baseline(suite: Suite, measured: pd.DataFrame) -> pd.DataFrame:
     return changed[["case", "metric", "value_old", "value_new"]].rename(columns={"value_old": "old", "value_new": "new"})
 
 
+def check(suites: list[Suite], on_suite: Callable[[Suite], None] | None = None) -> pd.DataFrame:
+    """Every suite run and compared with its baseline (every baseline read before any run, so a
+    bad one stops the check at once): one row per case and metric, failures first across suites.
+    `on_suite` hears of each suite as it starts."""
+    baselines = [read_baseline(s) for s in suites]
+    comparisons = []
+    for suite, baseline in zip(suites, baselines):
+        if on_suite:
+            on_suite(suite)
+        comparisons.append(compare(suite, baseline, RUNNERS[suite.kind](suite, None)))
+    comparison = pd.concat(comparisons, ignore_index=True)
+    order = comparison["status"].map({"FAIL": 0, "missing": 1, "no baseline": 2, "ok": 3})
+    return comparison.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def update(suites: list[Suite], on_suite: Callable[[Suite, pd.DataFrame], None] | None = None) -> None:
+    """Measure every suite and rewrite its baseline; `on_suite(suite, changed)` after each. Each
+    baseline's folder is checked writable first, so a long measurement is not lost at its end."""
+    for suite in suites:
+        results.prepare_dir(suite.baseline_path.parent)
+    for suite in suites:
+        changed = write_baseline(suite, measure(suite))
+        if on_suite:
+            on_suite(suite, changed)
+
+
 def default_suites(root: Path = Path("benchmarks/suites")) -> list[Path]:
     paths = sorted(Path(root).glob("*.toml"))
     if not paths:

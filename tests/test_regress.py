@@ -192,3 +192,19 @@ def test_tolerance_tables_name_the_metrics_the_runner_measures(tmp_path):
     suite.write_text("kind = 'surface'\noptimizers = ['sgd']\nsurfaces = ['bowl']\n")
     measured = regress.run_surface_suite(regress.load_suite(suite))
     assert tuple(dict.fromkeys(measured["metric"])) == regress.METRICS["surface"]
+
+
+def test_a_baseline_or_out_that_cannot_be_written_is_found_before_anything_is_measured(small_suite, tmp_path, monkeypatch):
+    measured = []
+    real_measure = regress.measure
+    monkeypatch.setattr(regress, "measure", lambda suite: measured.append(suite) or real_measure(suite))
+    real_run = regress.RUNNERS["surface"]
+    monkeypatch.setitem(regress.RUNNERS, "surface", lambda suite, nudge: measured.append(suite) or real_run(suite, nudge))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the baselines' folder should be")
+    blocked = tmp_path / "blocked.toml"
+    blocked.write_text(small_suite.read_text().replace('baseline = "small-baseline.csv"', 'baseline = "blocker/b.csv"'))
+    result = invoke("regress", "--suite", small_suite, "--suite", blocked, "--update")
+    assert result.exit_code == 2 and "cannot write to output folder" in result.output and measured == [], result.output
+    result = invoke("regress", "--suite", small_suite, "--out", blocker)
+    assert result.exit_code == 2 and "cannot write to output folder" in result.output and measured == [], result.output
