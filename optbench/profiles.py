@@ -84,6 +84,12 @@ def read_costs(folders: list[Path], cost: str = "steps") -> pd.DataFrame:
         if not path.exists():
             raise OptbenchError(f"{folder} is not an optbench run folder (no summary.csv)")
         summary = results.read_csv(path)
+        needed = (["optimizer", "lr", "steps_to_tol", "diverged"] if "surface" in summary.columns else
+                  ["optimizer", "lr", "steps_to_target" if cost == "steps" else "seconds_to_target"]
+                  if "steps_to_target" in summary.columns else [])
+        missing = [c for c in needed if c not in summary.columns]
+        if missing:
+            raise OptbenchError(f"{path}: missing columns {', '.join(missing)} (not a whole optbench summary)")
         if "surface" in summary.columns:
             if cost == "seconds":
                 raise OptbenchError(f"{folder}: surface runs record steps, not seconds (use --cost steps)")

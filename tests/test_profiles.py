@@ -163,3 +163,12 @@ def test_muon_in_a_problem_set_without_surfaces_is_not_refused(tmp_path, monkeyp
     assert plan.run(tmp_path) == []
     with pytest.raises(OptbenchError, match="orthogonalises weight matrices"):
         ProblemSet(optimizers=["muon"], surfaces=["bowl"], datasets=[]).check()
+
+
+def test_a_summary_without_the_columns_a_profile_reads_is_named_in_one_line(tmp_path):
+    folder = tmp_path / "bowl"
+    folder.mkdir()
+    (folder / "summary.csv").write_text("surface,optimizer\nbowl,adam\n")
+    result = CliRunner().invoke(app, ["profile", str(folder)])
+    assert result.exit_code == 2 and "missing columns lr, steps_to_tol, diverged" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
