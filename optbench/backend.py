@@ -69,6 +69,15 @@ def gpu_available() -> bool:
     return _gpu_unavailable_reason() is None
 
 
+def gpu_count() -> int:
+    """The GPUs CuPy sees (0 without a usable one)."""
+    if not gpu_available():
+        return 0
+    import cupy
+
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
 def select_device(kind: str) -> Device:
     """`cpu`, `gpu` (an error naming what to install when there is none) or `auto`."""
     if kind not in DEVICES:

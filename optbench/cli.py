@@ -552,15 +552,11 @@ def sweep_command(
 
     executor = sweep.Executor(workers=workers, dask=dask)
     executor.check()
-    if workers is not None and dask is not None and dask != "local":
-        raise OptbenchError("--workers sets the size of a LocalCluster: not with a scheduler address")
     if device is not None and device not in ("cpu", "gpu", "auto"):
         raise OptbenchError(f"invalid --device {device!r} (cpu, gpu or auto)")
     spec = sweep.load_sweep(file)
     if device is not None:
         spec.data["device"] = device  # the cells' names include it: another device, other cells
-    if spec.data.get("device") == "gpu" and workers and not dask:
-        executor.gpus = _gpu_ids(workers)
     store = out or Path("results") / "sweep" / spec.data.get("name", file.stem)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn(),
@@ -590,20 +586,6 @@ def sweep_command(
         if verbose:
             for worker, count in sorted(state.workers.items()):
                 console.print(f"  {escape(worker)}: {count} cells")
-
-
-def _gpu_ids(workers: int) -> list[str]:
-    """One GPU per local worker: CUDA_VISIBLE_DEVICES 0 .. N-1, refused past the GPUs there are."""
-    from optbench.backend import gpu_available
-
-    count = 0
-    if gpu_available():
-        import cupy
-
-        count = cupy.cuda.runtime.getDeviceCount()
-    if workers > count:
-        raise OptbenchError(f"--workers {workers} with device gpu: one worker per GPU, and this machine has {count}")
-    return [str(i) for i in range(workers)]
 
 
 @app.command("regress")

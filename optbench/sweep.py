@@ -740,6 +740,20 @@ class Executor:
             raise OptbenchError(f"invalid --workers {self.workers} (must be >= 1)")
         if self.dask is not None and self.dask != "local" and not re.match(r"^(tcp|tls|inproc|ucx)://", self.dask):
             raise OptbenchError(f"invalid --dask {self.dask!r} (local, or a scheduler address such as tcp://HOST:8786)")
+        if self.workers is not None and self.dask not in (None, "local"):
+            raise OptbenchError("--workers sets the size of a LocalCluster: not with a scheduler address")
+
+    def pin_gpus(self, device: str) -> None:
+        """Local worker processes on the GPU: one GPU each (CUDA_VISIBLE_DEVICES 0 .. N-1),
+        refused past the GPUs there are. Dask's workers are the cluster's to place."""
+        if device != "gpu" or not self.workers or self.dask or self.client is not None or self.gpus:
+            return
+        from optbench.backend import gpu_count
+
+        count = gpu_count()
+        if self.workers > count:
+            raise OptbenchError(f"--workers {self.workers} with device gpu: one worker per GPU, and this machine has {count}")
+        self.gpus = [str(i) for i in range(self.workers)]
 
     @property
     def label(self) -> str:
@@ -764,7 +778,11 @@ class Executor:
             with _sigint_ignored():
                 cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
                                        processes=True, dashboard_address=None)
-            self.client = Client(cluster)
+            try:
+                self.client = Client(cluster)
+            except BaseException:
+                cluster.close()  # its processes would outlive the sweep
+                raise
             self._owned = [self.client, cluster]
         else:
             self.client = _connect(self.dask)
@@ -890,6 +908,7 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
         sweep.data["device"] = "gpu" if gpu_available() else "cpu"
     cells = expand(sweep)
     _check_device(sweep, executor, cells)
+    executor.pin_gpus(sweep.data.get("device", "cpu"))
     with store.locked():
         return _run_locked(sweep, store, executor, on_population, cells)
 

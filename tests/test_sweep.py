@@ -494,9 +494,16 @@ def test_sigterm_stops_local_processes_at_once_keeping_what_finished(tmp_path):
     assert 1 <= kept < 8 and json.loads((store / "manifest.json").read_text())["finished_cells"] == kept
 
 
-def test_gpu_workers_need_a_gpu_each_and_the_device_names_the_cells(tmp_path):
+def test_gpu_workers_need_a_gpu_each_and_the_device_names_the_cells(tmp_path, monkeypatch):
+    from optbench import backend
+
     path = write(tmp_path, MNIST)
     r = runner.invoke(app, ["sweep", str(path), "--device", "gpu", "--workers", "64", "--out", str(tmp_path / "s")])
+    if not backend.gpu_available():  # no GPU at all: that is what it says first
+        assert r.exit_code == 2 and "--device gpu: " in r.output and not (tmp_path / "s").exists(), r.output
+        monkeypatch.setattr(backend, "gpu_count", lambda: 2)  # a machine of two GPUs, as far as the count goes
+        monkeypatch.setattr(backend, "select_device", lambda kind: None)
+        r = runner.invoke(app, ["sweep", str(path), "--device", "gpu", "--workers", "64", "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "one worker per GPU" in r.output and not (tmp_path / "s").exists(), r.output
     cpu = {c.id for c in sweep.expand(sweep.load_sweep(path))}
     spec = sweep.load_sweep(path)
@@ -629,3 +636,19 @@ def test_a_report_or_profile_written_into_a_store_does_not_stop_it_growing(tmp_p
     (store / "manifest.json").write_text("[1, 2]")  # valid JSON, not an object: read as no manifest
     grown = write(tmp_path, SURFACES.replace("seeds = 2", "seeds = 3"), "grown.toml")
     assert sweep.run_sweep(sweep.load_sweep(grown), store).done == 30
+
+
+def test_local_gpu_workers_are_pinned_one_gpu_each_with_device_auto_too(tmp_path, monkeypatch):
+    from optbench import backend
+
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)  # "auto" finds a GPU ...
+    monkeypatch.setattr(backend, "gpu_count", lambda: 2)  # ... of two
+    monkeypatch.setattr(backend, "select_device", lambda kind: None)
+    pinned = []
+    monkeypatch.setattr(sweep.Executor, "map", lambda self, pops, done: pinned.append(list(self.gpus)))
+    spec = sweep.load_sweep(write(tmp_path, MNIST))
+    spec.data["device"] = "auto"
+    sweep.run_sweep(spec, tmp_path / "store", sweep.Executor(workers=2))
+    assert pinned == [["0", "1"]]
+    with pytest.raises(OptbenchError, match="not with a scheduler address"):
+        sweep.Executor(workers=2, dask="tcp://localhost:8786").check()
