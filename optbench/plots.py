@@ -36,11 +36,31 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
-def optimizer_colors(labels) -> dict[str, tuple]:
-    """A stable colour per optimizer: tab20's strong shades first, then its light ones."""
-    palette = plt.get_cmap("tab20").colors
-    order = list(palette[0::2]) + list(palette[1::2])
-    return {label: order[i % len(order)] for i, label in enumerate(labels)}
+# Ten hues that stay apart on the blue contours (tab10, its blue last and its grey made black),
+# times four line styles: forty series, no two alike.
+_HUES = [plt.get_cmap("tab10").colors[i] for i in (3, 1, 2, 4, 5, 6, 8, 9, 0)] + [(0.0, 0.0, 0.0)]
+_DASHES = ["-", "--", ":", "-."]
+
+
+def _slot_style(slot: int) -> dict:
+    return {"color": _HUES[slot % len(_HUES)], "linestyle": _DASHES[slot // len(_HUES) % len(_DASHES)]}
+
+
+def optimizer_styles(labels) -> dict:
+    """A colour and line style per series. Where each optimizer is one series (the usual case),
+    a built-in optimizer has the same style in every figure, from its place in the table of
+    optimizers, and a user's class one after them. Several series of one optimizer (several lrs,
+    or one per run: "adam lr=0.01", ("adam", 0.01), "adam [run]") take styles in order."""
+    from optbench.optimizers import OPTIMIZERS
+
+    labels = list(dict.fromkeys(labels))
+    names = [str(label[0] if isinstance(label, tuple) else label).split(" ")[0] for label in labels]
+    if len(set(names)) < len(names):
+        return {label: _slot_style(i) for i, label in enumerate(labels)}
+    builtin = list(OPTIMIZERS)
+    others = iter(range(len(builtin), 10**6))
+    return {label: _slot_style(builtin.index(name) if name in builtin else next(others))
+            for label, name in zip(labels, names)}
 
 
 def _contour(ax, surface: Surface) -> None:
@@ -101,43 +121,83 @@ def _new_figure(surface: Surface):
     return fig, ax
 
 
+def _visible(surface: Surface, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The path with its steps far outside the picture dropped: a point outside is kept only next
+    to one inside, so the line runs out of (and back into) the picture, and two points far outside
+    on opposite sides draw no chord across it."""
+    inside = _in_domain(surface, xs, ys)
+    near = inside | np.r_[inside[1:], False] | np.r_[False, inside[:-1]]
+    return np.where(near, xs, np.nan), np.where(near, ys, np.nan)
+
+
+def _end_point(surface: Surface, xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, bool]:
+    """Where to mark a path's end: its last point, or where it last left the picture (the
+    crossing of the picture's edge); and whether it ended outside."""
+    inside = _in_domain(surface, xs, ys)
+    if inside[-1] or not inside.any():
+        return xs[-1], ys[-1], not inside[-1]
+    i = np.flatnonzero(inside)[-1]
+    (x0, y0), (x1, y1) = (xs[i], ys[i]), (xs[i + 1], ys[i + 1])
+    if not (np.isfinite(x1) and np.isfinite(y1)):
+        return x0, y0, True
+    (xmin, xmax), (ymin, ymax) = surface.domain
+    t = 1.0
+    for start, end, low, high in ((x0, x1, xmin, xmax), (y0, y1, ymin, ymax)):
+        if end > high:
+            t = min(t, (high - start) / (end - start))
+        elif end < low:
+            t = min(t, (low - start) / (end - start))
+    return x0 + t * (x1 - x0), y0 + t * (y1 - y0), True
+
+
 def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
-    """The contour of `surface` with one path per optimizer, start and end marked."""
+    """The contour of `surface` with one path per optimizer, start and end marked: a dot at the
+    end, a cross where a diverged (or failed) path was last seen, a hollow dot where a path left
+    the picture for good."""
     fig, ax = _new_figure(surface)
-    palette = optimizer_colors(summary["optimizer"])
+    styles = optimizer_styles(summary["optimizer"])
+    left = stopped_any = False
     for row in summary.itertuples():
         path_df = trajectories[trajectories["optimizer"] == row.optimizer]
-        color = palette[row.optimizer]
-        ax.plot(path_df["x"], path_df["y"], color=color, linewidth=1.3, alpha=0.9, label=_legend_label(row), zorder=3)
+        style = styles[row.optimizer]
         xs, ys = path_df["x"].to_numpy(), path_df["y"].to_numpy()
-        inside = np.flatnonzero(_in_domain(surface, xs, ys))
-        # A diverged path is marked where it was last seen inside the picture.
         stopped = row.diverged or _failed(row)
-        last = inside[-1] if stopped and inside.size else len(xs) - 1
-        ax.plot(xs[last], ys[last], marker="X" if stopped else "o", markersize=10 if stopped else 7,
-                color=color, markeredgecolor="black", linestyle="none", zorder=6, clip_on=True)
+        end_x, end_y, outside = _end_point(surface, xs, ys)
+        label = _legend_label(row) + (" — left the picture" if outside and not stopped else "")
+        ax.plot(*_visible(surface, xs, ys), **style, linewidth=1.5, alpha=0.9, label=label, zorder=3)
+        marker = {"marker": "X", "markersize": 11} if stopped else {"marker": "o", "markersize": 7}
+        if outside and not stopped:
+            marker["markerfacecolor"] = "none"
+        ax.plot(end_x, end_y, **marker, color=style["color"], markeredgecolor="black" if not outside or stopped
+                else style["color"], markeredgewidth=1.0 if not outside or stopped else 2.0, linestyle="none",
+                zorder=8 if stopped else 6, clip_on=False)
+        left |= outside and not stopped
+        stopped_any |= stopped
     first = trajectories.iloc[0]
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
     ax.set_title(_title(surface, trajectories), fontsize=10)
-    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
-              title="optimizer (lr); ● end, ✕ diverged" + (" or failed" if any(map(_failed, summary.itertuples())) else ""),
-              title_fontsize=8)
+    failed = any(map(_failed, summary.itertuples()))
+    key = "optimizer (lr); ● end" + (", ○ left the picture" if left else "") + (
+        ", ✕ diverged" + (" or failed" if failed else "") if stopped_any else "")
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title=key, title_fontsize=8)
     return _save(fig, path)
 
 
 def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
     """The same picture as a GIF, the paths growing step by step."""
     fig, ax = _new_figure(surface)
-    palette = optimizer_colors(summary["optimizer"])
+    styles = optimizer_styles(summary["optimizer"])
     steps = int(trajectories["step"].max())
     frames = np.unique(np.linspace(0, steps, min(MAX_FRAMES, steps + 1)).astype(int))
     paths = {}
     for row in summary.itertuples():
         df = trajectories[trajectories["optimizer"] == row.optimizer]
-        (line,) = ax.plot([], [], color=palette[row.optimizer], linewidth=1.6, label=_legend_label(row), zorder=3)
-        (head,) = ax.plot([], [], marker="o", color=palette[row.optimizer], markeredgecolor="black", zorder=6)
-        paths[row.optimizer] = (df["step"].to_numpy(), df["x"].to_numpy(), df["y"].to_numpy(), line, head)
+        style = styles[row.optimizer]
+        (line,) = ax.plot([], [], **style, linewidth=1.6, label=_legend_label(row), zorder=3)
+        (head,) = ax.plot([], [], marker="o", color=style["color"], markeredgecolor="black", zorder=6)
+        xs, ys = _visible(surface, df["x"].to_numpy(), df["y"].to_numpy())
+        paths[row.optimizer] = (df["step"].to_numpy(), xs, ys, line, head)
     first = trajectories.iloc[0]
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
@@ -180,12 +240,14 @@ class _Series:
         self.several_devices = frame["device"].nunique() > 1
         # One colour per (optimizer, lr): with one lr per optimizer this is one per optimizer, as before.
         pairs = dict.fromkeys(zip(frame["optimizer"], frame["lr"].map(_lr_key)))
-        self.palette = optimizer_colors(pairs)
+        self.styles = optimizer_styles(pairs)
 
     def style(self, optimizer, lr, device) -> dict:
-        return {"color": self.palette[(optimizer, _lr_key(lr))], "linestyle": "-" if device == "cpu" else "--",
-                "label": spread.series_label(optimizer, lr, device, several_lrs=self.several_lrs,
-                                             several_devices=self.several_devices)}
+        style = dict(self.styles[(optimizer, _lr_key(lr))])
+        if self.several_devices:  # the line style tells the devices apart, then
+            style["linestyle"] = "-" if device == "cpu" else "--"
+        return {**style, "label": spread.series_label(optimizer, lr, device, several_lrs=self.several_lrs,
+                                                      several_devices=self.several_devices)}
 
 
 def _lr_key(lr):
@@ -364,17 +426,22 @@ def save_profile(curves: pd.DataFrame, scores: pd.Series, path: Path, cost: str 
     """Performance profiles: rho(tau) per optimizer (columns of `curves`, tau its index), as
     steps, best integrated score first in the legend."""
     fig, ax = plt.subplots(figsize=(10, 5))
-    colors_by = optimizer_colors(list(scores.index))
-    for optimizer in scores.index:
-        ax.step(curves.index, curves[optimizer], where="post", color=colors_by[optimizer], linewidth=1.6,
-                label=f"{optimizer} ({scores[optimizer]:.2f})")
+    styles = optimizer_styles(list(scores.index))
+    # Best last, so that where profiles coincide the best one is seen; the legend keeps best first.
+    for rank, optimizer in reversed(list(enumerate(scores.index))):
+        ax.step(curves.index, curves[optimizer], where="post", **styles[optimizer], linewidth=1.8,
+                label=f"{optimizer} ({scores[optimizer]:.2f})", zorder=3 + len(scores) - rank)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: list(scores.index).index(labels[i].rsplit(" (", 1)[0]))
     ax.set_xlim(curves.index.min(), curves.index.max())
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"τ: within τ × the best optimizer's {cost}")
     ax.set_ylabel("fraction of problems solved, ρ(τ)")
     ax.set_title(f"Performance profiles over {curves.attrs.get('problems', '?')} problems (integrated score)")
     ax.grid(alpha=0.3)
-    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
+    if handles:
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), title="optimizer (score)", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -395,13 +462,13 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
     bands = spread.band(frame, "lr", metric, ["optimizer"])
     fig, ax = plt.subplots(figsize=(9, 5))
     optimizers = list(dict.fromkeys(tuning["optimizer"]))
-    colors_by = optimizer_colors(optimizers)
+    styles = optimizer_styles(optimizers)
     for optimizer in optimizers:
         b = bands[bands["optimizer"] == optimizer]
         if not len(b):
             continue
-        color = colors_by[optimizer]
-        ax.plot(b["lr"], b["median"], marker="o", markersize=3, color=color, linewidth=1.4, label=optimizer)
+        color = styles[optimizer]["color"]
+        ax.plot(b["lr"], b["median"], marker="o", markersize=3, **styles[optimizer], linewidth=1.4, label=optimizer)
         if (b["n"] > 1).any():
             ax.fill_between(b["lr"], b["lo"], b["hi"], color=color, alpha=0.15, linewidth=0)
         chosen = tuning[(tuning["optimizer"] == optimizer) & tuning["chosen"].astype(bool)]

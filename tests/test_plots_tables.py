@@ -180,3 +180,31 @@ def test_tuning_table():
     sgd = next(line for line in text.splitlines() if "sgd" in line)
     assert "0.001" in adam and "97.50" in adam and "1 of 3" in adam
     assert "0.1" in sgd and "92.00" in sgd and "1 of 2" in sgd
+
+
+def test_each_builtin_optimizer_keeps_its_style_from_figure_to_figure():
+    from optbench.optimizers import OPTIMIZERS
+
+    everyone = plots.optimizer_styles(list(OPTIMIZERS))
+    assert len({(s["color"], s["linestyle"]) for s in everyone.values()}) == len(OPTIMIZERS)  # no two alike
+    ranked = plots.optimizer_styles(["lion", "adam", "sgd"])  # another figure, another order
+    assert all(ranked[name] == everyone[name] for name in ranked)
+    mine = plots.optimizer_styles(["adam", "MyRule"])  # a user's class: a style no built-in has
+    assert (mine["MyRule"]["color"], mine["MyRule"]["linestyle"]) not in {(s["color"], s["linestyle"]) for s in everyone.values()}
+    lrs = plots.optimizer_styles([("adam", 0.01), ("adam", 0.1)])  # two series of one optimizer: told apart
+    assert lrs[("adam", 0.01)] != lrs[("adam", 0.1)]
+
+
+def test_a_path_far_outside_the_picture_draws_no_chord_across_it_and_its_end_is_marked_at_the_edge():
+    from optbench.surfaces import get_surface
+
+    bowl = get_surface("bowl")  # domain x in [-10, 10], y in [-5, 5]
+    xs = np.array([-7.0, -20.0, 1e6, -1e6, 30.0])
+    ys = np.array([2.0, 2.0, 0.0, 0.0, 0.0])
+    vx, vy = plots._visible(bowl, xs, ys)
+    # The start, and the step out of the picture beside it; the three far out on both sides go.
+    assert vx[:2].tolist() == [-7.0, -20.0] and np.isnan(vx[2:]).all() and np.isnan(vy[2:]).all()
+    x, y, outside = plots._end_point(bowl, xs, ys)
+    # It left between (-7, 2) and (-20, 2): through the edge x = -10, at y = 2.
+    assert outside and (x, y) == (-10.0, 2.0)
+    assert plots._end_point(bowl, np.array([-7.0, 1.0]), np.array([2.0, 0.5])) == (1.0, 0.5, False)
