@@ -235,19 +235,44 @@ def _members(frame: pd.DataFrame) -> pd.DataFrame:
 class _Series:
     """Colour, line style and legend label of each (optimizer, lr, device) of a frame."""
 
-    def __init__(self, frame: pd.DataFrame):
-        self.several_lrs = bool((frame.groupby("optimizer")["lr"].nunique() > 1).any())
-        self.several_devices = frame["device"].nunique() > 1
-        # One colour per (optimizer, lr): with one lr per optimizer this is one per optimizer, as before.
-        pairs = dict.fromkeys(zip(frame["optimizer"], frame["lr"].map(_lr_key)))
+    def __init__(self, frame: pd.DataFrame, every: pd.DataFrame | None = None):
+        """`every`: a frame of every series (a run's summary), so that a series missing from
+        `frame` (diverged before its first evaluation, say) does not shift the others' styles."""
+        frames = [frame] if every is None else [_members(every), frame]
+        both = pd.concat([f[["optimizer", "lr", "device"]] for f in frames], ignore_index=True)
+        self.several_lrs = bool((both.groupby("optimizer")["lr"].nunique() > 1).any())
+        self.several_devices = both["device"].nunique() > 1
+        # One style per (optimizer, lr): with one lr per optimizer this is one per optimizer.
+        pairs = dict.fromkeys(zip(both["optimizer"], both["lr"].map(_lr_key)))
         self.styles = optimizer_styles(pairs)
 
-    def style(self, optimizer, lr, device) -> dict:
+    def style(self, optimizer, lr, device, stopped: dict | None = None) -> dict:
+        """`stopped`: from `_stopped`, what the label says of members that did not train to the end."""
         style = dict(self.styles[(optimizer, _lr_key(lr))])
         if self.several_devices:  # the line style tells the devices apart, then
             style["linestyle"] = "-" if device == "cpu" else "--"
-        return {**style, "label": spread.series_label(optimizer, lr, device, several_lrs=self.several_lrs,
-                                                      several_devices=self.several_devices)}
+        label = spread.series_label(optimizer, lr, device, several_lrs=self.several_lrs,
+                                    several_devices=self.several_devices)
+        note = (stopped or {}).get((optimizer, _lr_key(lr), device))
+        return {**style, "label": f"{label} — {note}" if note else label}
+
+
+def _stopped(summary: pd.DataFrame | None) -> dict:
+    """(optimizer, lr, device) -> "diverged", "2/5 diverged", "failed", ... for the series whose
+    members did not all train to the end (a legend says so: their lines stop early)."""
+    if summary is None or "status" not in summary.columns:
+        return {}
+    summary = _members(summary)
+    notes = {}
+    for (optimizer, lr, device), group in summary.groupby(SERIES, sort=False, dropna=False):
+        parts = []
+        for status in ("diverged", "failed"):
+            n = int((group["status"] == status).sum())
+            if n:
+                parts.append(status if n == len(group) else f"{n}/{len(group)} {status}")
+        if parts:
+            notes[(optimizer, _lr_key(lr), device)] = ", ".join(parts)
+    return notes
 
 
 def _lr_key(lr):
@@ -347,12 +372,20 @@ def _band_note(frame: pd.DataFrame) -> str:
     return f"\nmedian over seeds, band: {spread_name}"
 
 
-def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
+LOSS_HEADROOM = 10.0  # the loss axis stops at this many times the highest starting loss
+
+
+def save_loss_curves(curves: pd.DataFrame, path: Path, summary: pd.DataFrame | None = None) -> Path:
     """Train loss per iteration, smoothed by a running mean, one line per optimizer (lr, device);
-    with several seeds the median of the smoothed curves and a band."""
+    with several seeds the median of the smoothed curves and a band. A loss that blew up runs off
+    the top (LOSS_HEADROOM x the highest starting loss) rather than squash the others; `summary`
+    lets the legend name the series that diverged or failed."""
     curves = _members(curves)
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    series = _Series(curves)
+    series = _Series(curves, summary)
+    stopped = _stopped(summary)
+    starts = curves.sort_values("iteration").groupby([*SERIES, "seed"], sort=False, dropna=False)["train_loss"].first()
+    top = LOSS_HEADROOM * float(starts[np.isfinite(starts)].max()) if np.isfinite(starts).any() else None
     for (optimizer, lr, device), df in _series(curves):
         # Smooth each seed first: the band then shows seed-to-seed spread, not batch noise.
         smoothed = []
@@ -360,8 +393,11 @@ def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
             member = member.sort_values("iteration")
             window = max(1, len(member) // 60)
             smoothed.append(member.assign(train_loss=member["train_loss"].rolling(window, min_periods=1).mean()))
-        _draw(ax, pd.concat(smoothed), "iteration", "train_loss", series.style(optimizer, lr, device), linewidth=1.4)
+        _draw(ax, pd.concat(smoothed), "iteration", "train_loss", series.style(optimizer, lr, device, stopped),
+              linewidth=1.4)
     ax.set_yscale("log")
+    if top and np.nanmax(curves["train_loss"].to_numpy(dtype=float, na_value=np.nan)) > top:
+        ax.set_ylim(top=top)
     ax.set_xlabel("iteration")
     ax.set_ylabel("train loss (running mean)")
     ax.set_title("Training loss" + _band_note(curves))
@@ -370,17 +406,30 @@ def save_loss_curves(curves: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def save_accuracy(epochs: pd.DataFrame, path: Path) -> Path:
+def save_accuracy(epochs: pd.DataFrame, path: Path, summary: pd.DataFrame | None = None) -> Path:
     """Test accuracy at each evaluation, one line per optimizer (lr, device); with several seeds
-    the median and a band."""
+    the median and a band. `summary` lets the legend name the series that diverged or failed,
+    and those that did so before their first evaluation, which have no line at all."""
     epochs = _members(epochs).assign(test_acc_percent=lambda f: 100 * f["test_acc"])
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    series = _Series(epochs)
+    series = _Series(epochs, summary)
+    stopped = _stopped(summary)
     members = epochs.groupby([*SERIES, "seed"], sort=False, dropna=False)
     # One evaluation per epoch: plot against epochs; with --eval-every, against iterations.
     x = "epoch" if all(df["epoch"].is_unique for _, df in members) else "iteration"
     for (optimizer, lr, device), df in _series(epochs):
-        _draw(ax, df, x, "test_acc_percent", series.style(optimizer, lr, device), marker="o", markersize=4)
+        _draw(ax, df, x, "test_acc_percent", series.style(optimizer, lr, device, stopped), marker="o", markersize=4)
+    drawn = set(zip(epochs["optimizer"], epochs["lr"].map(_lr_key), epochs["device"]))
+    never = [key for key in stopped if key not in drawn]
+    if never:  # no evaluation at all: named in the legend, so that they are not just missing
+        labels = [f"{spread.series_label(o, lr, d, several_lrs=series.several_lrs, several_devices=series.several_devices)}"
+                  f" — {stopped[(o, lr, d)]} before its first evaluation" for o, lr, d in never]
+        for label in labels:
+            ax.plot([], [], color="lightgray", label=label)
+    if x == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy" + _band_note(epochs))

@@ -67,8 +67,8 @@ def draw_run_plots(folder: Path, curves: pd.DataFrame, epochs: pd.DataFrame, sum
     from optbench import plots
 
     return [
-        plots.save_loss_curves(curves, folder / "loss.png"),
-        plots.save_accuracy(epochs, folder / "accuracy.png"),
+        plots.save_loss_curves(curves, folder / "loss.png", summary),
+        plots.save_accuracy(epochs, folder / "accuracy.png", summary),
         plots.save_epoch_times(summary, folder / "time.png"),
     ]
 

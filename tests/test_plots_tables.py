@@ -208,3 +208,15 @@ def test_a_path_far_outside_the_picture_draws_no_chord_across_it_and_its_end_is_
     # It left between (-7, 2) and (-20, 2): through the edge x = -10, at y = 2.
     assert outside and (x, y) == (-10.0, 2.0)
     assert plots._end_point(bowl, np.array([-7.0, 1.0]), np.array([2.0, 0.5])) == (1.0, 0.5, False)
+
+
+def test_a_series_with_no_evaluation_shifts_no_style_and_the_legend_says_what_stopped():
+    summary = pd.DataFrame({"optimizer": ["adam", "adam", "sgd", "sgd", "sgd"], "device": "cpu",
+                            "lr": [0.1, 10.0, 0.1, 10.0, 10.0], "seed": [0, 0, 0, 0, 1],
+                            "status": ["finished", "failed", "finished", "diverged", "finished"]})
+    epochs = summary[~((summary["optimizer"] == "adam") & (summary["lr"] == 10.0))]  # it never reached an evaluation
+    with_all, partial = plots._Series(summary), plots._Series(epochs, summary)
+    for optimizer, lr in (("adam", 0.1), ("sgd", 0.1), ("sgd", 10.0)):
+        assert partial.style(optimizer, lr, "cpu")["color"] == with_all.style(optimizer, lr, "cpu")["color"]
+    assert plots._stopped(summary) == {("adam", 10.0, "cpu"): "failed", ("sgd", 10.0, "cpu"): "1/2 diverged"}
+    assert partial.style("sgd", 10.0, "cpu", plots._stopped(summary))["label"] == "sgd lr=10 — 1/2 diverged"
