@@ -109,7 +109,8 @@ def _failed(row) -> bool:
 
 
 def _legend_label(row) -> str:
-    text = f"{row.optimizer} (lr {row.lr:.3g})"
+    # A label that names its lr already ("adam lr=0.01", one of several lrs) is not told it twice.
+    text = str(row.optimizer) if " lr=" in str(row.optimizer) else f"{row.optimizer} (lr {row.lr:.3g})"
     return text + " — diverged" if row.diverged else text + " — failed" if _failed(row) else text
 
 
@@ -499,10 +500,11 @@ BLOWN_UP = 1e100
 
 
 def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel: str, log_y: bool = False,
-                        scale: float = 1.0) -> Path:
+                        scale: float = 1.0, y_max: float | None = None) -> Path:
     """Learning-rate sensitivity from a tuning grid: `metric` against lr, one curve per optimizer
     (the median over seeds with a band where there are several), its chosen lr starred, diverged
-    lrs left out."""
+    lrs left out. Values past `y_max` (a surface's: LOSS_HEADROOM x the start's gap) run off the
+    top, so that the lrs that blew up do not squash the ones that worked."""
     frame = tuning[~tuning["diverged"].astype(bool)] if "diverged" in tuning.columns else tuning
     frame = frame.assign(**{metric: pd.to_numeric(frame[metric], errors="coerce") * scale})
     # A loss past 1e100 has blown up even if it is still finite; near 1e308 a log axis cannot be
@@ -529,9 +531,13 @@ def save_lr_sensitivity(tuning: pd.DataFrame, metric: str, path: Path, *, ylabel
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+    title = f"Learning-rate sensitivity (★ chosen; diverged lrs, and any past {BLOWN_UP:g}, left out)"
+    if y_max is not None and len(frame) and frame[metric].max() > y_max:
+        ax.set_ylim(top=y_max)
+        title += f"\nvalues past {y_max:.3g} ({LOSS_HEADROOM:g} × the start's) run off the top"
     ax.set_xlabel("learning rate")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"Learning-rate sensitivity (★ chosen; diverged lrs, and any past {BLOWN_UP:g}, left out)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()

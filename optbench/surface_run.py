@@ -380,9 +380,12 @@ def _write_files(result: SurfaceResult, folder: Path, plot: bool, animate: bool,
         if plot and result.tuning is not None:
             bounded = result.surface.bounded
             tuning = result.tuning.assign(gap=result.tuning["final_loss"] - result.surface.min_value) if bounded else result.tuning
+            starts = result.tuning[["start_x", "start_y"]].drop_duplicates().to_numpy(dtype=np.float64)
+            start_gap = float(np.max(result.surface.value(starts) - result.surface.min_value)) if bounded else None
             written.append(plots.save_lr_sensitivity(
                 tuning, "gap" if bounded else "final_loss", folder / "lr_sensitivity.png", log_y=bounded,
-                ylabel="final gap (loss - minimum)" if bounded else "final loss"))
+                ylabel="final gap (loss - minimum)" if bounded else "final loss",
+                y_max=plots.LOSS_HEADROOM * start_gap if start_gap and start_gap > 0 else None))
     written.append(results.write_json(manifest(result), folder / "manifest.json"))  # last, as on MNIST
     return written
 
