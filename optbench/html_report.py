@@ -63,8 +63,9 @@ th { background: #f3f3f3; cursor: pointer; user-select: none; }
 th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
 td.text { text-align: left; } tr.bad td { color: #b00; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #666; font-size: 12px; } .status { padding: 1px 6px; border-radius: 3px; background: #e7f4e7; }
-.status.partial, .status.interrupted { background: #fbe9c5; } .note { color: #666; }
+figcaption { color: #666; font-size: 12px; } .status { padding: 1px 6px; border-radius: 3px; background: #eee; }
+.status.finished { background: #e7f4e7; } .status.partial, .status.interrupted, .status.running { background: #fbe9c5; }
+.status.failed { background: #f6d0d0; } .note { color: #666; } .wide { overflow-x: auto; }
 details { margin: .5em 0 1em; } summary { cursor: pointer; color: #335; }
 """
 
@@ -96,13 +97,14 @@ def build_report(folders: list[Path], title: str | None = None) -> str:
     if not folders:
         raise OptbenchError("no run folders given")
     kinds = [folder_kind(f) for f in folders]
-    title = title or f"optbench report: {', '.join(f.name for f in folders)}"
+    names = short_names(folders)
+    title = title or f"optbench report: {', '.join(names)}"
     parts = [f"<h1>{_e(title)}</h1>",
              f'<p class="note">Written {datetime.now().isoformat(timespec="seconds")} by optbench {__version__} from '
              f'{len(folders)} folder(s). Click a column header to sort a table.</p>']
     parts += _contents(folders, kinds)
-    for i, (folder, kind) in enumerate(zip(folders, kinds)):
-        parts.append(_section(i, folder, kind))
+    for i, (folder, kind, name) in enumerate(zip(folders, kinds, names)):
+        parts.append(_section(i, folder, kind, name))
     problems = [f for f, k in zip(folders, kinds) if k in ("surface", "mnist", "sweep")]
     if len(problems) >= 2 or "sweep" in kinds:
         parts.append(_profile_section(problems))
@@ -122,14 +124,28 @@ def write_report(folders: list[Path], path: Path, title: str | None = None) -> P
 
 
 def _contents(folders, kinds) -> list[str]:
-    items = "".join(f'<li><a href="#run-{i}">{_e(f.name)}</a> ({k})</li>' for i, (f, k) in enumerate(zip(folders, kinds)))
+    items = "".join(f'<li><a href="#run-{i}">{_e(name)}</a> ({k})</li>'
+                    for i, (name, k) in enumerate(zip(short_names(folders), kinds)))
     return [f"<ul>{items}</ul>"]
 
 
-def _section(index: int, folder: Path, kind: str) -> str:
+def short_names(folders) -> list[str]:
+    """Each folder by its name, or by as many of its last path parts as tell it from the others
+    (`a/surface/rosenbrock` and `b/surface/rosenbrock`)."""
+    parts = [Path(f).resolve().parts for f in folders]
+    names = []
+    for mine in parts:
+        k = 1
+        while k < len(mine) and sum(other[-k:] == mine[-k:] for other in parts) > 1:
+            k += 1
+        names.append("/".join(mine[-k:]))
+    return names
+
+
+def _section(index: int, folder: Path, kind: str, name: str | None = None) -> str:
     manifest = _manifest(folder)
     status = manifest.get("status", "finished" if kind == "profile" else "unknown")
-    parts = [f'<h2 id="run-{index}">{_e(kind)}: {_e(folder.name)} <span class="status {_e(status)}">{_e(status)}</span></h2>',
+    parts = [f'<h2 id="run-{index}">{_e(kind)}: {_e(name or folder.name)} <span class="status {_e(status)}">{_e(status)}</span></h2>',
              f'<p class="note">{_e(str(folder))}</p>']
     parts += [_figure(p) for p in _images(folder)]
     parts += _tables(folder, kind)
@@ -214,8 +230,8 @@ def _profile_section(problems: list[Path]) -> str:
         image = plots.save_profile(curves, scores, Path(tmp) / "profile.png", "steps")
         parts.append(_figure(image))
     parts.append(f'<p class="note">{len(costs)} problems, by steps to each one\'s target; each optimizer at its best lr '
-                 f"there (the median over seeds).{' Left out (not run on every problem): ' + _e(', '.join(left_out)) if left_out else ''}"
-                 f"{' Left out (no minimum, so no target): ' + _e(', '.join(no_target)) if no_target else ''}</p>")
+                 f"there (the median over seeds).{' Left out (not run on every problem): ' + _e(', '.join(left_out)) + '.' if left_out else ''}"
+                 f"{' Left out (no minimum, so no target): ' + _e(', '.join(no_target)) + '.' if no_target else ''}</p>")
     parts.append(_table(scores.rename_axis("optimizer").reset_index(), "Integrated score on [1, 4]"))
     parts.append(_table(costs.reset_index(), "Steps to the target per problem (inf: never reached)"))
     return "\n".join(parts)
@@ -249,7 +265,9 @@ def _table(frame: pd.DataFrame | None, caption: str | None, source: str = "the C
         rows.append(f'<tr class="bad">{cells}</tr>' if bad is not None and bool(bad.iloc[i]) else f"<tr>{cells}</tr>")
     note = f'<p class="note">First {MAX_ROWS} of {len(frame)} rows; {source} has them all.</p>' if cut else ""
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
-    return f'<table class="sortable">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{note}'
+    # A table wider than the page (a summary's 20-odd columns) scrolls inside its own box.
+    return (f'<div class="wide"><table class="sortable">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            f'</tbody></table></div>{note}')
 
 
 def _cell(value) -> str:

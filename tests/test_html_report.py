@@ -223,3 +223,10 @@ def test_the_sort_script_orders_numbers_by_value_text_as_text_and_empty_cells_la
     assert up == ["-2.5", "3", "10", "1e308", ""]
     assert down == ["1e308", "10", "3", "-2.5", ""]
     assert ids == sorted(ids) == ["10cd2", "1e5aa", "20ff", "9ab01", "b"]
+
+
+def test_folders_of_one_name_are_told_apart_by_their_paths():
+    from optbench.html_report import short_names
+
+    folders = [Path("/r/a/surface/rosenbrock"), Path("/r/b/surface/rosenbrock"), Path("/r/a/surface/bowl")]
+    assert short_names(folders) == ["a/surface/rosenbrock", "b/surface/rosenbrock", "bowl"]
