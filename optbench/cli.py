@@ -374,7 +374,7 @@ class _TerminalReporter:
 @app.command("report")
 def report_command(
     runs_: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run folders written by optbench mnist, or sweep stores (with --html also surface and profile folders).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the run folder for one; for several, results/mnist/report, or results/report with --html).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the run folder for one; for several, results/mnist/report, or results/report with --html; for sweep stores, nothing unless given: then aggregate.csv).")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Redraw loss.png, accuracy.png, time.png.")] = True,
     html: Annotated[bool, typer.Option("--html", help="Write report.html: every plot, sortable table, configuration and environment in one file.")] = False,
 ) -> None:
@@ -402,10 +402,15 @@ def report_command(
         for store in stores:
             manifest = sweep.Store(store).manifest()
             cells, older = sweep.current_cells(sweep.Store(store))
-            console.print(tables.sweep_aggregate(sweep.aggregate(cells), f"{store.name}: {len(cells)} of "
+            table = sweep.aggregate(cells)
+            console.print(tables.sweep_aggregate(table, f"{store.name}: {len(cells)} of "
                                                  f"{manifest.get('cells', '?')} cells ({manifest.get('status', '?')})"))
             if older:
                 console.print(f"[dim]{older} cells of earlier versions of the sweep file are in the store too, left out[/]")
+            if out is not None:  # the table as a CSV; a store's own folder is left as the sweep wrote it
+                name = f"{store.name}-aggregate.csv" if len(stores) > 1 else "aggregate.csv"
+                path = write_csv(table, prepare_dir(out) / name)
+                console.print(f"[dim]wrote {escape(str(path))}[/]")
         return
     curves, epochs, summary, metas = runs.read_runs(runs_)
     for folder, meta in zip(runs_, metas):

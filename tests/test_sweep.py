@@ -364,6 +364,9 @@ def test_report_and_profile_read_a_store(tmp_path):
     sweep.run_sweep(spec, tmp_path / "store")
     r = runner.invoke(app, ["report", str(tmp_path / "store")])
     assert r.exit_code == 0 and "60 of 60 cells (finished)" in r.output, r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "store"), "--out", str(tmp_path / "agg")])
+    table = pd.read_csv(tmp_path / "agg" / "aggregate.csv")  # what the terminal showed, as a CSV
+    assert r.exit_code == 0 and list(table.columns) == sweep.AGGREGATE_COLUMNS and table["seeds"].sum() == 60
     r = runner.invoke(app, ["profile", str(tmp_path / "store"), "--out", str(tmp_path), "-q"])
     assert r.exit_code == 0, r.output
     costs = pd.read_csv(tmp_path / "profile" / "costs.csv")
