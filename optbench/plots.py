@@ -464,10 +464,12 @@ def save_epoch_times(summary: pd.DataFrame, path: Path) -> Path:
     names = [spread.series_label(o, lr, "", several_lrs=series.several_lrs, several_devices=False) for o, lr in ticks]
     ax.set_xticks(np.arange(len(ticks)), names, rotation=30, ha="right")
     ax.set_ylabel("seconds per epoch (training steps only)")
-    ax.set_title("Time per epoch" + ("\nmean over seeds, bars: min–max" if (times["count"] > 1).any() else ""))
+    shared = times["mean"].round(12).duplicated().any()  # members trained together: their population's time
+    ax.set_title("Time per epoch" + ("\nmean over seeds, bars: min–max" if (times["count"] > 1).any() else "")
+                 + ("\nmembers trained together in one population share its time" if shared else ""))
     if len(devices) > 1:
         ax.set_yscale("log")
-    _legend(ax, title="device", frameon=False)
+        _legend(ax, title="device", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 

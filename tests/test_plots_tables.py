@@ -48,7 +48,8 @@ def figures(monkeypatch):
     save = plots._save
 
     def catch(fig, path):
-        caught.append({"axes": fig.axes[0], "legend": [t.get_text() for t in fig.axes[0].get_legend().get_texts()]})
+        legend = fig.axes[0].get_legend()
+        caught.append({"axes": fig.axes[0], "legend": [t.get_text() for t in legend.get_texts()] if legend else []})
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", catch)
