@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -460,8 +459,10 @@ def profile_command(
     if folders:
         if opt or fn or dataset:
             raise OptbenchError("--opt, --fn and --dataset choose the problem set to run: not with run folders")
-        costs = _profile_costs(folders, cost)  # a bad folder or --cost stops here, before anything is written
-        _write_profile(costs, cost, r_max, out / "profile", quiet)
+        from optbench import profiles
+
+        built = profiles.build(folders, cost, r_max)  # a bad folder or --cost stops here, before anything is written
+        _write_profile(built, out / "profile", quiet)
         return
     datasets_ = [d for d in (dataset or list(problem_set.DATASETS)) if d != "none"]
     plan = problem_set.ProblemSet(
@@ -491,52 +492,26 @@ def profile_command(
         err_console.print(f"[yellow]interrupted[/]: the problems finished so far are under {escape(str(folder))}; "
                           f"`optbench profile {escape(str(folder))}/surface/* ...` profiles them")
         raise typer.Exit(130)
-    _write_profile(_profile_costs(written, cost), cost, r_max, folder / "profile", quiet)
-
-
-def _profile_costs(folders: list[Path], cost: str):
     from optbench import profiles
 
-    table = profiles.read_costs(folders, cost)
-    costs, left_out = profiles.on_every_problem(table)
-    if not len(costs):
-        raise OptbenchError("none of these folders holds a problem with a target (they are empty, or surfaces "
-                            "without a minimum)")
-    if costs.shape[1] == 0:
-        raise OptbenchError("no optimizer ran on every one of these problems")
-    costs.attrs["left_out"] = left_out
-    costs.attrs["no_target"] = table.attrs.get("no_target", [])
-    costs.attrs["unfinished"] = table.attrs.get("unfinished", [])
-    return costs
+    _write_profile(profiles.build(written, cost, r_max), folder / "profile", quiet)
 
 
-def _write_profile(costs, cost: str, r_max: float, folder: Path, quiet: bool) -> None:
-    import numpy as np
+def _write_profile(built, folder: Path, quiet: bool) -> None:
+    from optbench import profiles
 
-    from optbench import plots, profiles
-
-    ratios = profiles.performance_ratios(costs)
-    scores = profiles.integrated_scores(ratios, r_max)
-    curves = profiles.profile(ratios, np.linspace(1.0, r_max, 301))
-    curves.attrs["problems"] = len(costs)
-    folder = prepare_dir(folder)
-    written = [
-        write_csv(costs.reset_index(), folder / "costs.csv"),
-        write_csv(ratios.reset_index(), folder / "ratios.csv"),
-        write_csv(scores.rename_axis("optimizer").reset_index(), folder / "scores.csv"),
-        plots.save_profile(curves, scores, folder / "profile.png", cost),
-    ]
+    written = profiles.write(built, folder)
     if quiet:
         return
-    if costs.attrs.get("left_out"):
-        err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(costs.attrs['left_out']))}")
-    if costs.attrs.get("no_target"):
-        err_console.print(f"[yellow]left out[/] (no minimum, so no target): {escape(', '.join(costs.attrs['no_target']))}")
-    if costs.attrs.get("unfinished"):
+    if built.left_out:
+        err_console.print(f"[yellow]left out[/] (not run on every problem): {escape(', '.join(built.left_out))}")
+    if built.no_target:
+        err_console.print(f"[yellow]left out[/] (no minimum, so no target): {escape(', '.join(built.no_target))}")
+    if built.unfinished:
         err_console.print(f"[yellow]not finished[/] (interrupted: counted with what they had reached): "
-                          f"{escape(', '.join(costs.attrs['unfinished']))}")
-    console.print(tables.profile_scores(scores, ratios, f"Performance profiles over {len(costs)} problems, by {cost} "
-                                                         f"(integrated score on [1, {r_max:g}])"))
+                          f"{escape(', '.join(built.unfinished))}")
+    console.print(tables.profile_scores(built.scores, built.ratios, f"Performance profiles over {len(built.costs)} "
+                                        f"problems, by {built.cost} (integrated score on [1, {built.r_max:g}])"))
     console.print(f"[dim]wrote {escape(str(folder))}/ ({escape(', '.join(p.name for p in written))})[/]")
 
 

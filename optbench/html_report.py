@@ -212,27 +212,17 @@ def _profile_section(problems: list[Path]) -> str:
 
     parts = ['<h2 id="profile">Performance profile over these runs</h2>']
     try:
-        table = profiles.read_costs(problems)
+        built = profiles.build(problems)
     except OptbenchError as exc:
-        return "\n".join(parts + [f'<p class="note">No profile: {_e(str(exc))}</p>'])
-    costs, left_out = profiles.on_every_problem(table)
-    no_target = table.attrs.get("no_target", [])
-    if not len(costs):
-        return "\n".join(parts + ['<p class="note">No profile: none of these runs is a problem with a target'
-                                   + (f' (no minimum: {_e(", ".join(no_target))})' if no_target else "") + '.</p>'])
-    if costs.shape[1] == 0:
-        return "\n".join(parts + ['<p class="note">No profile: no optimizer ran on every problem.</p>'])
-    ratios = profiles.performance_ratios(costs)
-    scores = profiles.integrated_scores(ratios)
-    curves = profiles.profile(ratios, np.linspace(1.0, profiles.R_MAX, 301))
-    curves.attrs["problems"] = len(costs)
+        return "\n".join(parts + [f'<p class="note">No profile: {_e(str(exc))}.</p>'])
+    costs, scores, curves, left_out, no_target = built.costs, built.scores, built.curves, built.left_out, built.no_target
     with tempfile.TemporaryDirectory() as tmp:
         image = plots.save_profile(curves, scores, Path(tmp) / "profile.png", "steps")
         parts.append(_figure(image))
     parts.append(f'<p class="note">{len(costs)} problems, by steps to each one\'s target; each optimizer at its best lr '
                  f"there (the median over seeds).{' Left out (not run on every problem): ' + _e(', '.join(left_out)) + '.' if left_out else ''}"
                  f"{' Left out (no minimum, so no target): ' + _e(', '.join(no_target)) + '.' if no_target else ''}</p>")
-    parts.append(_table(scores.rename_axis("optimizer").reset_index(), "Integrated score on [1, 4]"))
+    parts.append(_table(scores.rename_axis("optimizer").reset_index(), f"Integrated score on [1, {built.r_max:g}]"))
     parts.append(_table(costs.reset_index(), "Steps to the target per problem (inf: never reached)"))
     return "\n".join(parts)
 

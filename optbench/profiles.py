@@ -19,6 +19,7 @@ outputs) into such a table.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,53 @@ def _chosen_by_validation(group: pd.DataFrame) -> pd.Series:
 def _best_over_settings(group: pd.DataFrame) -> pd.Series:
     medians = group.groupby(["optimizer", "lr", "schedule"], sort=False)["_cost"].median()
     return medians.groupby(level="optimizer", sort=False).min().replace(np.inf, np.nan)
+
+
+@dataclass
+class Profile:
+    """A performance profile over a set of problems, ready to show or write."""
+
+    costs: pd.DataFrame  # problem x optimizer: steps (or seconds) to the target, inf never
+    ratios: pd.DataFrame  # cost over the problem's best
+    scores: pd.Series  # integrated on [1, r_max], best first
+    curves: pd.DataFrame  # rho(tau) per optimizer, tau from 1 to r_max
+    cost: str
+    r_max: float
+    left_out: list[str] = field(default_factory=list)  # optimizers not run on every problem
+    no_target: list[str] = field(default_factory=list)  # problems without a minimum (saddles)
+    unfinished: list[str] = field(default_factory=list)  # interrupted folders, counted with what they reached
+
+
+def build(folders: list[Path], cost: str = "steps", r_max: float = R_MAX) -> Profile:
+    """The profile of run folders (and sweep stores): their costs (`read_costs`), the
+    optimizers that ran on every problem, ratios, scores and curves; an OptbenchError when no
+    problem has a target or no optimizer ran on all of them."""
+    table = read_costs(folders, cost)
+    costs, left_out = on_every_problem(table)
+    no_target = table.attrs.get("no_target", [])
+    if not len(costs):
+        raise OptbenchError("none of these folders holds a problem with a target (they are empty, or surfaces "
+                            "without a minimum" + (f": {', '.join(no_target)}" if no_target else "") + ")")
+    if costs.shape[1] == 0:
+        raise OptbenchError("no optimizer ran on every one of these problems")
+    ratios = performance_ratios(costs)
+    scores = integrated_scores(ratios, r_max)
+    curves = profile(ratios, np.linspace(1.0, r_max, 301))
+    curves.attrs["problems"] = len(costs)
+    return Profile(costs, ratios, scores, curves, cost, r_max, left_out, no_target, table.attrs.get("unfinished", []))
+
+
+def write(result: Profile, folder: Path) -> list[Path]:
+    """costs.csv, ratios.csv, scores.csv and profile.png in `folder`."""
+    from optbench import plots
+
+    folder = results.prepare_dir(folder)
+    return [
+        results.write_csv(result.costs.reset_index(), folder / "costs.csv"),
+        results.write_csv(result.ratios.reset_index(), folder / "ratios.csv"),
+        results.write_csv(result.scores.rename_axis("optimizer").reset_index(), folder / "scores.csv"),
+        plots.save_profile(result.curves, result.scores, folder / "profile.png", result.cost),
+    ]
 
 
 def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
