@@ -145,10 +145,7 @@ def surface_command(
 ) -> None:
     """Run optimizers on 2-D loss surfaces; write trajectories, summaries and contour plots."""
     lrs = lr or []
-    if not (math.isfinite(tol) and tol > 0):
-        raise OptbenchError(f"invalid --tol {tol} (must be a finite number > 0)")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise OptbenchError(f"invalid --noise {noise} (must be a finite number >= 0)")
+    surface_run.check_tolerance_and_noise(tol, noise)
     grid = surface_run.parse_starts(starts) if starts is not None else None
     if grid and start is not None:
         raise OptbenchError("give --start or --starts, not both")

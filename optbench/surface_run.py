@@ -10,6 +10,7 @@ and shows the summary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,13 @@ def check_lrs(lrs: Sequence[float], tune: bool = False, contenders: Sequence[Con
         raise OptbenchError("--tune chooses the lr itself: give --tune or --lr, not both")
     if tune and any("lr" in c.hparams for c in contenders):
         raise OptbenchError("--tune searches its grid of lrs on a surface: give --tune or --hp lr=, not both")
+
+
+def check_tolerance_and_noise(tol: float, noise: float) -> None:
+    if not (math.isfinite(tol) and tol > 0):
+        raise OptbenchError(f"invalid --tol {tol} (must be a finite number > 0)")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise OptbenchError(f"invalid --noise {noise} (must be a finite number >= 0)")
 
 
 MAX_GRID = 100  # --starts grid:N: up to 100 x 100 start points
@@ -136,6 +144,7 @@ def run_surface(
     median over them), then over every seed. `trajectories=False` keeps no trajectory rows (the
     summary is complete without them)."""
     check_lrs(lrs, tune, contenders)
+    check_tolerance_and_noise(tol, noise)
     steps = steps or surface.steps
     members = surface_members(surface, contenders, lrs, start, seeds, starts)
     points = list(dict.fromkeys(m.start for m in members))

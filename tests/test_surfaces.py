@@ -310,3 +310,14 @@ def test_get_surface_unknown_name_raises_optbench_error_naming_the_choices():
     assert "nope" in message
     for name in SURFACES:
         assert name in message
+
+
+@pytest.mark.parametrize("tol, noise", [(-1.0, 0.0), (float("nan"), 0.0), (1e-3, -0.5), (1e-3, float("inf"))])
+def test_run_surface_refuses_a_bad_tolerance_or_noise_as_the_cli_does(tol, noise):
+    from optbench.errors import OptbenchError
+    from optbench.optimizers import select_contenders
+    from optbench.surface_run import run_surface
+    from optbench.surfaces import get_surface
+
+    with pytest.raises(OptbenchError, match="invalid --(tol|noise)"):
+        run_surface(get_surface("bowl"), select_contenders(["adam"], [], points=True), tol=tol, noise=noise)
