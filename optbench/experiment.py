@@ -12,8 +12,9 @@ population (`training.train_population`), split into chunks only when it would n
 memory. A seed sets the initial weights and the batch order: members of one seed start alike
 and see the same batches. `tune` picks each optimizer's lr on a validation split first.
 
-Knows nothing of the terminal: progress goes to an optional reporter; nothing touches the disk
-unless `Results.write` is called.
+Knows nothing of the terminal: progress goes to an optional reporter. Nothing is written but the
+data's own cache (`datasets.load`, which downloads and caches MNIST the first time) unless
+`Results.write` is called.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from optbench.step_scalars import AdamScalars, StepSize
 
 try:
     import numba

@@ -376,13 +376,6 @@ class Population:
             else:
                 self._dropout_rngs[k].bit_generator.state = state
 
-    def predict(self, x):
-        training, self.training = self.training, False
-        try:
-            return self.forward(x).argmax(axis=-1)
-        finally:
-            self.training = training
-
 
 def _seed_groups(seeds: Sequence[int]) -> list[int]:
     order: dict[int, int] = {}

@@ -12,9 +12,12 @@ torch uses `lerp_`, `addcdiv` as `(value * a) / b`), so float64 trajectories agr
 The state is a dict. Its entries are the state proper, under torch's names (`step`,
 `exp_avg`, `momentum_buffer`, ...): what one step leaves for the next. `state["scratch"]`, made
 on the first update of a ufunc rule, holds work arrays shaped like `p` that carry nothing between
-steps: every operation writes into an existing array (`out=`, in-place operators, scratch), so an
-update allocates nothing, because fresh temporaries of a large parameter set page-fault on every
-step. The scalars stay Python floats, so float32 arrays stay float32.
+steps. The classic rules write every operation into an existing array (`out=`, in-place
+operators, scratch), so that their update allocates nothing: fresh temporaries of a large
+parameter set page-fault on every step. The modern rules' ufunc paths (Lion's sign,
+Schedule-Free's interpolation, LAMB's and AdEMAMix's steps) still make a few temporaries per step;
+on the CPU's flat buffers Lion and Schedule-Free run fused kernels instead.
+The scalars stay Python floats, so float32 arrays stay float32.
 
 `Optimizer.update` is the one dispatcher. It counts the step, computes the step's scalars once
 (`step_scalars`), and chooses the path: on a flat 1-D buffer with a scalar lr (the MLP's
@@ -801,17 +804,13 @@ def select_optimizers(specs: list[str], default: str = "all", points: bool = Fal
     return list(chosen.items())
 
 
-def select_contenders(specs: list[str], pairs: list[str], lr: float | None = None, default: str = "all",
-                      points: bool = False) -> list[Contender]:
-    """The optimizers a command runs, with typed `--hp` values, each built once now so that a
-    bad hyperparameter stops the run before anything is written (`points`: for surfaces)."""
-    selected = select_optimizers(specs, default, points)
+def select_contenders(specs: list[str], pairs: list[str], points: bool = False) -> list[Contender]:
+    """The optimizers a command runs (default all), with typed `--hp` values, each built once now
+    so that a bad hyperparameter stops the run before anything is written (`points`: for surfaces)."""
+    selected = select_optimizers(specs, "all", points)
     typed = resolve_hparams(selected, pairs)
     for label, cls in selected:
-        checked = dict(typed[label])
-        if lr is not None and "lr" not in checked:
-            checked["lr"] = lr
-        instantiate(cls, **checked)
+        instantiate(cls, **typed[label])
     return [Contender(label, cls, typed[label]) for label, cls in selected]
 
 

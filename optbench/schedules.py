@@ -110,13 +110,6 @@ class Schedule:
             parts.append(f"decay {self.decay_fraction:g}")
         return ", ".join(parts)
 
-    def describe(self) -> dict:
-        """What goes into a manifest."""
-        described = {"kind": self.kind, "warmup": self.warmup, "min_lr_ratio": self.min_lr_ratio}
-        if self.kind == "wsd":
-            described["decay_fraction"] = self.decay_fraction
-        return described
-
 
 CONSTANT = Schedule()
 

@@ -16,7 +16,8 @@ The store is a folder pandas reads directly:
 
     pd.read_parquet("DIR/cells")
 
-Knows nothing of the terminal: `run_sweep` calls `on_population(done)` as each population lands.
+Knows nothing of the terminal: `run_sweep` calls `on_population(progress)` (a `SweepProgress`)
+before anything runs and as each population lands.
 Every population runs with the same number of BLAS and Numba threads (`threads`, 1 unless the
 file says otherwise), because OpenBLAS's sums depend on its thread count: so a sweep's results are
 bitwise the same whichever executor ran it.
