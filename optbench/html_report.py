@@ -282,10 +282,7 @@ def _details(inner: str, label: str) -> str:
 
 
 def _manifest(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return results.read_manifest(folder)
 
 
 def _manifest_tables(manifest: dict) -> str:

@@ -18,7 +18,6 @@ outputs) into such a table.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,14 +254,9 @@ def on_every_problem(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def _status(folder: Path) -> str | None:
     """The manifest's status ("finished", "interrupted", ...), None without one (older runs)."""
-    try:
-        return json.loads((folder / "manifest.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return results.read_manifest(folder).get("status")
 
 
 def _dataset(folder: Path) -> str:
-    try:
-        return json.loads((folder / "manifest.json").read_text())["config"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "mnist"
+    config = results.read_manifest(folder).get("config")
+    return config.get("dataset", "mnist") if isinstance(config, dict) else "mnist"

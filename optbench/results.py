@@ -62,6 +62,16 @@ def write_json(data, path: Path) -> Path:
     return Path(path)
 
 
+def read_manifest(folder: Path) -> dict:
+    """A folder's manifest.json as a dict; {} where there is none, or it is not a JSON object
+    (cut short, edited by hand): a manifest says what ran, and readers go on without it."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
 def strict_json(value):
     """`value` with every non-finite float, at any depth, replaced by "inf", "-inf" or "nan".
 

@@ -8,7 +8,6 @@ manifest.json and the plots.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +80,9 @@ def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         folder = Path(folder)
         if not (folder / "summary.csv").exists():
             raise OptbenchError(f"{folder} is not an optbench mnist run folder (no summary.csv)")
-        try:
-            meta = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        seed = int((meta.get("config") or {}).get("seed", 0))
+        meta = results.read_manifest(folder)
+        config = meta.get("config")
+        seed = int(config.get("seed", 0)) if isinstance(config, dict) else 0
         summary = _read(folder / "summary.csv", SUMMARY_COLUMNS, seed)
         summaries.append(summary.assign(run=folder.name))
         curves.append(_read(folder / "curves.csv", CURVE_COLUMNS, seed, summary).assign(run=folder.name))

@@ -697,11 +697,7 @@ class Store:
         results.write_json(manifest, self.root / "manifest.json")
 
     def manifest(self) -> dict:
-        try:
-            manifest = json.loads((self.root / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return manifest if isinstance(manifest, dict) else {}
+        return results.read_manifest(self.root)
 
 
 def _read_parts(folder: Path) -> pd.DataFrame:

@@ -94,3 +94,14 @@ def test_a_full_disk_while_a_surface_is_drawn_is_one_line_and_exit_2(tmp_path, m
     result = CliRunner().invoke(app, ["surface", "--opt", "sgd", "--fn", "bowl", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "trajectories.png: No space left on device" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not plots.plt.get_fignums()
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"a string"', "{not json", ""])
+def test_a_manifest_that_is_not_a_json_object_reads_as_none_and_the_readers_go_on(tmp_path, text):
+    assert CliRunner().invoke(app, ["surface", "--opt", "sgd", "--fn", "bowl", "--out", str(tmp_path), "-q"]).exit_code == 0
+    folder = tmp_path / "surface" / "bowl"
+    (folder / "manifest.json").write_text(text)
+    assert results.read_manifest(folder) == {}
+    for args in (["profile", str(folder), "--out", str(tmp_path), "-q"], ["report", "--html", str(folder)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
