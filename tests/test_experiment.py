@@ -432,3 +432,22 @@ def test_the_python_api_takes_one_name_one_hp_one_lr_and_numpy_numbers():
     assert [(m.optimizer, m.lr, m.seed, m.hparams) for m in plan.members()] == [
         ("adam", 0.01, 1, {"beta1": 0.8}), ("adam", 0.01, 2, {"beta1": 0.8})]
     Experiment(lrs=[np.float32(1e-3)]).check()
+
+
+def test_a_reporter_hears_each_population_and_can_keep_it_on_disk(data, tmp_path):
+    # The README's checkpoint: `written` is given the tables as each population finishes.
+    from optbench.experiment import Reporter
+
+    class Checkpoint(Reporter):
+        def __init__(self):
+            self.seen = []
+
+        def written(self, results):
+            self.seen.append(len(results.summary[results.summary["status"] == "finished"]))
+            results.write(tmp_path / "run", plot=False)
+
+    reporter = Checkpoint()
+    result = Experiment(optimizers=["adam", "sgd"], max_population=1, problem=SMALL).run(reporter, data=data)
+    assert reporter.seen == [1, 2] and result.status == "finished"
+    on_disk = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert sorted(on_disk["optimizer"]) == ["adam", "sgd"] and (on_disk["status"] == "finished").all()
