@@ -613,9 +613,15 @@ class Store:
         self.cells_dir, self.curves_dir = self.root / "cells", self.root / "curves"
 
     def prepare(self) -> None:
+        """The store's folders, with what a killed sweep left: its orphaned curves, and the
+        temporary files of a write it did not finish (`.part-….parquet`; under the store's lock,
+        so no other sweep is writing them)."""
         for folder in (self.root, self.cells_dir, self.curves_dir):
             results.prepare_dir(folder)
         self._drop_orphans()
+        for folder in (self.cells_dir, self.curves_dir):
+            for path in folder.glob(".part-*"):
+                path.unlink(missing_ok=True)
 
     # What a store holds, and what `optbench report --html` and `optbench profile` write into it
     # by default: none of them makes it another kind of folder.

@@ -619,6 +619,9 @@ def test_a_damaged_part_is_named_by_readers_and_set_aside_by_the_next_sweep(tmp_
     r = runner.invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--out", str(store), "-q"])
     assert r.exit_code == 0 and "1 damaged part(s)" in r.output, r.output
     assert (store / "curves" / f".damaged-{part.name}").exists() and (store / "cells" / f".damaged-{part.name}").exists()
+    (store / "cells" / ".part-abc.x1y2.parquet").write_bytes(b"half")  # a write SIGKILL cut short
+    sweep.run_sweep(spec, store)
+    assert not (store / "cells" / ".part-abc.x1y2.parquet").exists() and (store / "cells" / f".damaged-{part.name}").exists()
     assert_same_store(store, undisturbed)  # its cells ran again, and the store is whole
 
 
