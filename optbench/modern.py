@@ -23,7 +23,7 @@ import numpy as np
 
 from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
-from optbench.optimizers import Optimizer, _lerp_, _scratch, _square_avg_
+from optbench.optimizers import Optimizer, _lerp_, _scratch, _square_avg_, _weight_decay_
 
 
 def tensors(p, layout):
@@ -366,13 +366,7 @@ class AdEMAMix(Optimizer):
         xp = get_array_module(p)
         alpha, beta3, bias_correction1, bias_correction2_sqrt = scalars[:4]
         decayed, work, update = _scratch(state, p, 3)
-        if self.weight_decay != 0:
-            if self.weight_decouple:
-                p *= scalars.decay_factor
-            else:
-                xp.multiply(p, self.weight_decay, out=decayed)
-                decayed += g
-                g = decayed
+        g = _weight_decay_(p, g, self.weight_decay, self.weight_decouple, scalars.decay_factor, decayed)
         exp_avg, exp_avg_sq, slow = state["exp_avg"], state["exp_avg_sq"], state["exp_avg_slow"]
         _lerp_(exp_avg, g, 1 - self.beta1, work)
         _square_avg_(exp_avg_sq, g, self.beta2, work)

@@ -88,6 +88,18 @@ def _decayed(g, p, weight_decay: float, out):
     return out
 
 
+def _weight_decay_(p, g, weight_decay: float, decoupled: bool, decay_factor: float, work):
+    """The Adam family's weight decay; the gradient to use from here on. Decoupled (AdamW's):
+    p <- p * decay_factor (1 - lr * weight_decay), in place; coupled: g + weight_decay * p, into
+    `work`."""
+    if weight_decay == 0:
+        return g
+    if decoupled:
+        p *= decay_factor
+        return g
+    return _decayed(g, p, weight_decay, work)
+
+
 def _square_avg_(avg, g, decay: float, work) -> None:
     """avg <- decay * avg + (1 - decay) * g * g, in place."""
     avg *= decay
@@ -403,11 +415,7 @@ class Adam(Optimizer):
     def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.AdamScalars) -> None:
         xp = get_array_module(p)
         decayed, denom = _scratch(state, p, 2)
-        if self.weight_decay != 0:
-            if self.decoupled_weight_decay:
-                p *= scalars.decay_factor
-            else:
-                g = _decayed(g, p, self.weight_decay, decayed)
+        g = _weight_decay_(p, g, self.weight_decay, self.decoupled_weight_decay, scalars.decay_factor, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, denom)
         _square_avg_(exp_avg_sq, g, self.beta2, denom)
@@ -468,11 +476,7 @@ class NAdam(Optimizer):
     def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.NAdamScalars) -> None:
         xp = get_array_module(p)
         decayed, denom = _scratch(state, p, 2)
-        if self.weight_decay != 0:
-            if self.decoupled_weight_decay:
-                p *= scalars.decay_factor
-            else:
-                g = _decayed(g, p, self.weight_decay, decayed)
+        g = _weight_decay_(p, g, self.weight_decay, self.decoupled_weight_decay, scalars.decay_factor, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, denom)
         _square_avg_(exp_avg_sq, g, self.beta2, denom)
@@ -514,11 +518,7 @@ class RAdam(Optimizer):
     def _update_ufunc(self, p, g, state: dict, scalars: step_scalars.RAdamScalars) -> None:
         xp = get_array_module(p)
         decayed, step = _scratch(state, p, 2)
-        if self.weight_decay != 0:
-            if self.decoupled_weight_decay:
-                p *= scalars.decay_factor
-            else:
-                g = _decayed(g, p, self.weight_decay, decayed)
+        g = _weight_decay_(p, g, self.weight_decay, self.decoupled_weight_decay, scalars.decay_factor, decayed)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, g, 1 - self.beta1, step)
         _square_avg_(exp_avg_sq, g, self.beta2, step)
