@@ -36,7 +36,7 @@ from optbench import __version__, datasets, spread, targets
 from optbench.backend import Device, select_device
 from optbench.errors import OptbenchError
 from optbench.mlp import Population, check_options, parameter_count
-from optbench.optimizers import OPTIMIZERS, defaults_of, instantiate, optimizer_label, resolve_hparams, select_optimizers
+from optbench.optimizers import defaults_of, instantiate, optimizer_label, resolve_hparams, select_optimizers, table_lr
 from optbench.schedules import CONSTANT, Schedule
 from optbench.targets import TARGET_COLUMNS
 from optbench.training import PopulationLog, train_population
@@ -143,9 +143,7 @@ class MnistProblem:
 
 def default_lr(label: str, cls: type) -> float:
     """An optimizer's lr on MNIST when nothing sets it: the table above, else the class default."""
-    if cls is OPTIMIZERS.get(label) and label in MNIST_LRS:
-        return MNIST_LRS[label]
-    return float(defaults_of(cls).get("lr", 1e-3))
+    return table_lr(MNIST_LRS, label, cls)
 
 
 def learning_rates(hparams: dict, lrs: Sequence[float], default: float) -> list[float]:

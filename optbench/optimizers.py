@@ -680,6 +680,14 @@ def optimizer_label(cls: type) -> str:
     return getattr(cls, "name", "") or cls.__name__
 
 
+def table_lr(table: dict[str, float], label: str, cls: type) -> float:
+    """A built-in optimizer's entry in a table of lrs (a surface's, MNIST's), else the class's
+    own default lr (a user's class, or one the table leaves out)."""
+    if cls is OPTIMIZERS.get(label) and label in table:
+        return table[label]
+    return float(defaults_of(cls).get("lr", 1e-3))
+
+
 def make_optimizer(spec: str, **hparams: Any):
     """Build an optimizer from a name or `module:Class`, checking its hyperparameters."""
     return instantiate(optimizer_class(spec), **hparams)

@@ -22,7 +22,7 @@ import pandas as pd
 from optbench import results
 from optbench.errors import OptbenchError
 from optbench.experiment import check_lr, learning_rates, lrs_run
-from optbench.optimizers import OPTIMIZERS, Contender, defaults_of
+from optbench.optimizers import Contender, defaults_of, table_lr
 from optbench.spread import series_label
 from optbench.surface_lrs import SURFACE_LRS
 from optbench.surfaces import SURFACES, Surface, get_surface
@@ -46,10 +46,7 @@ def select_surfaces(names: list[str]) -> list[Surface]:
 
 def default_lr(surface: Surface, label: str, cls: type) -> float:
     """The surface's table entry for a built-in optimizer, else the class's own default lr."""
-    table = SURFACE_LRS.get(surface.name, {})
-    if cls is OPTIMIZERS.get(label) and label in table:
-        return table[label]
-    return float(defaults_of(cls).get("lr", 1e-3))
+    return table_lr(SURFACE_LRS.get(surface.name, {}), label, cls)
 
 
 def check_lrs(lrs: Sequence[float], tune: bool = False, contenders: Sequence[Contender] = ()) -> None:
