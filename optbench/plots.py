@@ -93,10 +93,15 @@ def _contour(ax, surface: Surface) -> None:
     ax.set_ylabel("y")
 
 
-def _title(surface: Surface, trajectories: pd.DataFrame) -> str:
+def _title(surface: Surface, trajectories: pd.DataFrame, note: str = "") -> str:
     steps = int(trajectories["step"].max()) if len(trajectories) else 0
     formula = textwrap.fill(f"f = {surface.formula}", 90)
-    return f"{surface.name}, {steps} steps\n{formula}"
+    return f"{surface.name}, {steps} steps{_note(note)}\n{formula}"
+
+
+def _note(note: str) -> str:
+    """What else shaped the run (schedule, noise, the seed drawn), for a title."""
+    return f" — {note}" if note else ""
 
 
 def _in_domain(surface: Surface, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -151,7 +156,8 @@ def _end_point(surface: Surface, xs: np.ndarray, ys: np.ndarray) -> tuple[float,
     return x0 + t * (x1 - x0), y0 + t * (y1 - y0), True
 
 
-def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
+def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path,
+                      note: str = "") -> Path:
     """The contour of `surface` with one path per optimizer, start and end marked: a dot at the
     end, a cross where a diverged (or failed) path was last seen, a hollow dot where a path left
     the picture for good."""
@@ -177,7 +183,7 @@ def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.
     first = trajectories.iloc[0]
     ax.plot(first["x"], first["y"], marker="s", markersize=9, color="white", markeredgecolor="black",
             linestyle="none", zorder=7, label="start")
-    ax.set_title(_title(surface, trajectories), fontsize=10)
+    ax.set_title(_title(surface, trajectories, note), fontsize=10)
     failed = any(map(_failed, summary.itertuples()))
     key = "optimizer (lr); ● end" + (", ○ left the picture" if left else "") + (
         ", ✕ diverged" + (" or failed" if failed else "") if stopped_any else "")
@@ -185,7 +191,8 @@ def save_trajectories(surface: Surface, trajectories: pd.DataFrame, summary: pd.
     return _save(fig, path)
 
 
-def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
+def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.DataFrame, path: Path,
+                   note: str = "") -> Path:
     """The same picture as a GIF, the paths growing step by step."""
     fig, ax = _new_figure(surface)
     styles = optimizer_styles(summary["optimizer"])
@@ -210,7 +217,7 @@ def save_animation(surface: Surface, trajectories: pd.DataFrame, summary: pd.Dat
             n = np.searchsorted(steps_of, step, side="right")
             line.set_data(xs[:n], ys[:n])
             head.set_data(xs[n - 1 : n], ys[n - 1 : n])
-        title.set_text(f"{surface.name}: step {step} of {steps}")
+        title.set_text(f"{surface.name}: step {step} of {steps}{_note(note)}")
         return [title] + [p[3] for p in paths.values()] + [p[4] for p in paths.values()]
 
     movie = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
@@ -289,7 +296,7 @@ def _series(frame: pd.DataFrame):
 ROBUSTNESS_COLUMNS_PER_ROW = 5
 
 
-def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
+def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path, note: str = "") -> Path:
     """Robustness maps: per optimizer, its grid of start points coloured by the steps it took to
     reach the tolerance from there (`surface_run.start_cells`), grey where it never did, red
     where it diverged; the surface's contours and minima drawn over them."""
@@ -318,6 +325,8 @@ def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
             i, j = np.searchsorted(ys, row.start_y), np.searchsorted(xs, row.start_x)
             if np.isfinite(row.steps):
                 steps[i, j] = max(row.steps, 1.0)  # a start already within tolerance: 0 steps
+            elif getattr(row, "failed", 0):  # a user's rule raised from there
+                failed[i, j] = (0.3, 0.3, 0.3, 1.0)
             else:
                 failed[i, j] = (0.85, 0.2, 0.2, 1.0) if row.diverged else (0.72, 0.72, 0.72, 1.0)
         extent = (xmin, xmax, ymin, ymax)
@@ -330,7 +339,8 @@ def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
             ax.plot(m[:, 0], m[:, 1], linestyle="none", marker="*", markersize=10, color="gold", markeredgecolor="black")
         n_reached = int(np.isfinite(steps).sum())
         lr = mine["lr"].iloc[0]
-        ax.set_title(f"{optimizer} (lr {lr:.3g}): {n_reached}/{len(mine)}", fontsize=8)
+        name = optimizer if " lr=" in str(optimizer) else f"{optimizer} (lr {lr:.3g})"
+        ax.set_title(f"{name}: {n_reached}/{len(mine)}", fontsize=8)
         ax.set_xlim(xmin, xmax)
         ax.set_ylim(ymin, ymax)
         ax.tick_params(labelsize=7)
@@ -338,8 +348,13 @@ def save_robustness(surface: Surface, cells: pd.DataFrame, path: Path) -> Path:
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="steps to tolerance (log)")
-    fig.suptitle(f"{surface.name}: steps to tolerance from each of {xs.size} x {ys.size} starts "
-                 "(grey never reached, red diverged, ★ global minimum)", fontsize=10)
+    fig.supxlabel("x of the start", fontsize=9)
+    fig.supylabel("y of the start", fontsize=9)
+    key = "grey never reached, red diverged" + (", dark grey failed" if cells.get("failed", pd.Series(0)).any() else "")
+    title = (f"{surface.name}: steps to tolerance from each of {xs.size} x {ys.size} starts "
+             f"({key}, ★ global minimum)" + (f"\n{note}" if note else ""))
+    width = max(60, int(14 * fig.get_figwidth()))  # characters a line of the figure holds at this size
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=10)
     return _save(fig, path)
 
 

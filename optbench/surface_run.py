@@ -374,15 +374,16 @@ def _write_files(result: SurfaceResult, folder: Path, plot: bool, animate: bool,
     if plot or animate:
         from optbench import plots  # matplotlib only when pictures are asked for
 
+        note = _figure_note(result, grid)
         if grid and plot:
             written.append(plots.save_robustness(result.surface, _labelled(start_cells(result.summary)),
-                                                 folder / "robustness.png"))
+                                                 folder / "robustness.png", note))
         elif not grid:
             paths, summary = _one_path_per_label(result)
             if plot:
-                written.append(plots.save_trajectories(result.surface, paths, summary, folder / "trajectories.png"))
+                written.append(plots.save_trajectories(result.surface, paths, summary, folder / "trajectories.png", note))
             if animate:
-                written.append(plots.save_animation(result.surface, paths, summary, folder / "trajectories.gif"))
+                written.append(plots.save_animation(result.surface, paths, summary, folder / "trajectories.gif", note))
         if plot and result.tuning is not None:
             bounded = result.surface.bounded
             tuning = result.tuning.assign(gap=result.tuning["final_loss"] - result.surface.min_value) if bounded else result.tuning
@@ -394,6 +395,18 @@ def _write_files(result: SurfaceResult, folder: Path, plot: bool, animate: bool,
                 y_max=plots.LOSS_HEADROOM * start_gap if start_gap and start_gap > 0 else None))
     written.append(results.write_json(manifest(result), folder / "manifest.json"))  # last, as on MNIST
     return written
+
+
+def _figure_note(result: SurfaceResult, grid: bool) -> str:
+    """What a figure's title says beyond the surface and steps: the schedule, the gradient
+    noise, and with several seeds which one a path picture draws (a map takes their median)."""
+    config, seeds = result.config, sorted(result.summary["seed"].unique())
+    parts = [f"lr schedule {config['schedule']}"] if config.get("schedule", "constant") != "constant" else []
+    if config.get("noise"):
+        parts.append(f"gradient noise σ = {config['noise']:g}")
+    if len(seeds) > 1:
+        parts.append(f"median over {len(seeds)} seeds" if grid else f"seed {seeds[0]} of {len(seeds)}")
+    return ", ".join(parts)
 
 
 def manifest(result: SurfaceResult, status: str = "finished") -> dict:
