@@ -93,7 +93,7 @@ def test_repeated_lr_runs_every_optimizer_at_each(tmp_path, monkeypatch):
     drawn = {}
     real = plots.save_trajectories
 
-    def spy(surface, trajectories, summary, path):
+    def spy(surface, trajectories, summary, path, note=""):
         drawn["labels"] = list(summary["optimizer"])
         drawn["paths"] = trajectories.groupby("optimizer")["step"].count().to_dict()
         return real(surface, trajectories, summary, path)
