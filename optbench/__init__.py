@@ -23,13 +23,19 @@ __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name in _PUBLIC:
-        import importlib
+    import importlib
 
+    if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'optbench' has no attribute {name!r}")
+    else:  # a submodule, as `optbench.modern.tensors` after `import optbench`
+        try:
+            value = importlib.import_module(f"optbench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"optbench.{name}":
+                raise
+            raise AttributeError(f"module 'optbench' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
 
 def __dir__():

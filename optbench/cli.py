@@ -395,7 +395,8 @@ def report_command(
     if stores:
         if len(stores) < len(runs_):
             raise OptbenchError("give sweep stores or MNIST run folders, not both (or use --html)")
-        for store in stores:
+        names = html_report.short_names(stores)  # two stores of one name are told apart by their paths
+        for store, short in zip(stores, names):
             manifest = sweep.Store(store).manifest()
             cells, older = sweep.current_cells(sweep.Store(store))
             table = sweep.aggregate(cells)
@@ -404,7 +405,7 @@ def report_command(
             if older:
                 console.print(f"[dim]{older} cells of earlier versions of the sweep file are in the store too, left out[/]")
             if out is not None:  # the table as a CSV; a store's own folder is left as the sweep wrote it
-                name = f"{store.name}-aggregate.csv" if len(stores) > 1 else "aggregate.csv"
+                name = f"{short.replace('/', '_')}-aggregate.csv" if len(stores) > 1 else "aggregate.csv"
                 path = write_csv(table, prepare_dir(out) / name)
                 console.print(f"[dim]wrote {escape(str(path))}[/]")
         return
@@ -542,9 +543,14 @@ def sweep_command(
     )
     task = progress.add_task(f"sweep {spec.data.get('name', file.stem)}", total=None)
 
+    warned = []
+
     def landed(state) -> None:
         if state.damaged and state.done == 0:  # the first call, before anything runs
             _warn(f"{len(state.damaged)} damaged part(s) of {store} set aside as .damaged-part-*; their cells run again")
+        for line in state.warnings[len(warned):]:
+            warned.append(line)
+            _warn(line)
         progress.update(task, total=state.total - state.skipped, completed=state.done)
         if verbose and not quiet and state.done:
             counts = ", ".join(f"{w}: {n}" for w, n in sorted(state.workers.items()))
@@ -712,3 +718,9 @@ def data_fetch_command(
             x_train, _, x_test, _ = datasets.load(name, data_dir, verify=True, progress=report, notify=_warn)
             if not quiet:
                 console.print(f"{name}: {len(x_train)} train and {len(x_test)} test images, verified, in {escape(str(folder))}")
+
+
+if __name__ == "__main__":  # python -m optbench.cli, as python -m optbench
+    from optbench.__main__ import main
+
+    main()

@@ -17,13 +17,14 @@ references to float64 rounding of a sum rather than to the last ulp.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from optbench.backend import get_array_module
 from optbench.errors import OptbenchError
-from optbench.optimizers import Optimizer, _lerp_, _scratch, _square_avg_, _weight_decay_
+from optbench.optimizers import Optimizer, _lerp_, _scratch, _square_avg_, _weight_decay_, register_modern
 
 
 def tensors(p, layout):
@@ -593,3 +594,5 @@ class Muon(_Layered):
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls for cls in (Lion, ScheduleFreeAdamW, ScheduleFreeSGD, Prodigy, AdEMAMix, LAMB, Adafactor, Muon)
 }
+
+register_modern(sys.modules[__name__])  # see the end of `optimizers`

@@ -633,9 +633,10 @@ def optimizer_class(spec: str) -> type:
     return cls
 
 
-# Modules loaded from a path, by their real path: a file runs once, so naming it twice (or a
-# sweep's cells looking it up again) gives the same class, as `import` does for a module name.
-_FILE_MODULES: dict[str, Any] = {}
+# Modules loaded from a path, by their real path and version: a file runs once, so naming it
+# twice (or a sweep's cells looking it up again) gives the same class, as `import` does for a
+# module name; a file edited since (in a notebook, say) runs again.
+_FILE_MODULES: dict[tuple, Any] = {}
 
 
 def _import_user_module(module_name: str):
@@ -646,12 +647,14 @@ def _import_user_module(module_name: str):
             if not os.path.isfile(module_name):
                 raise OptbenchError(f"cannot import optimizer module {module_name!r}: no such file")
             path = os.path.realpath(module_name)
-            if path not in _FILE_MODULES:
+            version = os.stat(path)
+            key = (path, version.st_mtime_ns, version.st_size)
+            if key not in _FILE_MODULES:
                 spec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], path)
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
-                _FILE_MODULES[path] = module
-            return _FILE_MODULES[path]
+                _FILE_MODULES[key] = module
+            return _FILE_MODULES[key]
         # Like `python -m`, look in the working directory first.
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -822,15 +825,18 @@ def select_contenders(specs: list[str], pairs: list[str], points: bool = False) 
     return [Contender(label, cls, typed[label]) for label, cls in selected]
 
 
-# The modern rules subclass `Optimizer` above, so they join the table once it exists. The
-# package's `__init__` imports this module first, so `modern` always finds it complete.
-from optbench import modern  # noqa: E402
+def register_modern(modern) -> None:
+    """The modern rules join the table, with the one-pass kernels that are cheap to have for the
+    elementwise ones (CPU only for now)."""
+    OPTIMIZERS.update(modern.OPTIMIZERS)
+    FUSED.update({
+        modern.Lion: FusedPaths(kernels.lion, None),
+        modern.ScheduleFreeAdamW: FusedPaths(kernels.schedule_free, None),
+        modern.ScheduleFreeSGD: FusedPaths(kernels.schedule_free, None),
+        modern.AdEMAMix: FusedPaths(kernels.ademamix, None),
+    })
 
-OPTIMIZERS.update(modern.OPTIMIZERS)
-# The modern elementwise rules whose one-pass kernel is cheap to have (CPU only for now).
-FUSED.update({
-    modern.Lion: FusedPaths(kernels.lion, None),
-    modern.ScheduleFreeAdamW: FusedPaths(kernels.schedule_free, None),
-    modern.ScheduleFreeSGD: FusedPaths(kernels.schedule_free, None),
-    modern.AdEMAMix: FusedPaths(kernels.ademamix, None),
-})
+
+# The modern rules subclass `Optimizer` above: `modern` registers them at its end, whichever of
+# the two modules is imported first (this import finds `modern` half-made when that one was).
+from optbench import modern  # noqa: E402, F401

@@ -26,11 +26,11 @@ bitwise the same whichever executor ran it.
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import math
 import os
 import re
-import signal
 import socket
 import sys
 from contextlib import contextmanager
@@ -208,11 +208,16 @@ class Cell:
         """What names the cell: every setting that changes its result. The hyperparameters with
         the optimizer's defaults filled in (naming the default is the same cell as leaving it
         out); the problem without where its data lies."""
-        from optbench.optimizers import defaults_of
+        from optbench.optimizers import OPTIMIZERS, defaults_of
 
-        full = {k: v for k, v in {**defaults_of(_cls(self)), **self.hparams}.items() if k != "lr"}
+        cls = _cls(self)
+        full = {k: v for k, v in {**defaults_of(cls), **self.hparams}.items() if k != "lr"}
+        # The class by what it is, not by how the file names it ("rules/mine.py:Mine",
+        # "./rules/mine.py:Mine" and "mine:Mine" are one class): a built-in's name, else
+        # module:qualname, as stores have named cells since their format 1.
+        name = self.optimizer if OPTIMIZERS.get(self.optimizer) is cls else f"{cls.__module__}:{cls.__qualname__}"
         return {"format": STORE_FORMAT, "problem": _identity(self.problem), "optimizer": self.optimizer,
-                "class": self.spec, "hparams": full, "lr": self.lr, "schedule": self.schedule, "seed": self.seed,
+                "class": name, "hparams": full, "lr": self.lr, "schedule": self.schedule, "seed": self.seed,
                 "start": list(self.start) if self.start is not None else None}
 
     @cached_property
@@ -408,18 +413,19 @@ def populations(cells: list[Cell], size: int = DEFAULT_POPULATION, device: str =
 
 def run_population(population: Population) -> dict:
     """Train every cell of `population`; return its two store parts, already Parquet:
-    {'cells': bytes, 'curves': bytes, 'worker': 'host:pid'}. They are encoded where the population
+    {'cells': bytes, 'curves': bytes, 'worker': 'host:pid', 'warnings': [one line per user's rule that
+    raised, its cells marked failed]}. They are encoded where the population
     ran, so a client serving many workers only writes bytes. Pure: the same population gives the
     same rows anywhere (the files' footers name the pyarrow that wrote them)."""
-    cells, curves = _train_cells(population)
+    cells, curves, warnings = _train_cells(population)
     ids = {"population": population.id}
     cells_schema, curves_schema = _arrow_schemas()
     return {"cells": encode(cells.assign(**ids), cells_schema), "curves": encode(curves.assign(**ids), curves_schema),
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "warnings": warnings}
 
 
-def _train_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The cells' rows and their curve points, as DataFrames."""
+def _train_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The cells' rows and their curve points, as DataFrames, and the run's warnings."""
     from threadpoolctl import threadpool_limits
 
     import numba
@@ -467,9 +473,9 @@ def _cls(cell: Cell) -> type:
     return select_optimizers([cell.spec])[0][1]
 
 
-def _run_surface_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _run_surface_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     from optbench.schedules import Schedule
-    from optbench.surface_run import summary_frame
+    from optbench.surface_run import failure_lines, summary_frame
     from optbench.surfaces import get_surface
     from optbench.trajectories import SurfaceMember, run_members
 
@@ -489,11 +495,11 @@ def _run_surface_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFra
         "x": batch.positions[:, :, 0].T.ravel(), "y": batch.positions[:, :, 1].T.ravel(),
         "loss": batch.losses.T.ravel(),
     })
-    return table, curves[np.isfinite(curves["loss"])].reset_index(drop=True)
+    return table, curves[np.isfinite(curves["loss"])].reset_index(drop=True), failure_lines(surface, members, batch)
 
 
-def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from optbench.experiment import Experiment, Member, MnistProblem
+def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    from optbench.experiment import Experiment, Member, MnistProblem, Reporter
     from optbench.schedules import Schedule
 
     cells = population.cells
@@ -503,7 +509,15 @@ def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame
     members = [Member(c.optimizer, _cls(c), c.hparams, c.lr, c.seed) for c in cells]
     experiment = Experiment(optimizers=list(dict.fromkeys(c.spec for c in cells)), problem=problem,
                             device=population.device)
-    result = experiment.run(members=members)
+    class Warnings(Reporter):  # what a terminal would have shown: a user's rule that raised
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.lines.append(f"{_problem_name(cells[0].problem)}: {message}")
+
+    warnings = Warnings()
+    result = experiment.run(warnings, members=members)
     if result.status == "interrupted":
         raise KeyboardInterrupt
     key = {(c.optimizer, c.lr, c.seed): c.id for c in cells}
@@ -513,7 +527,7 @@ def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame
         summary.drop(columns=["optimizer", "lr", "schedule", "seed"]), on="cell", how="left", validate="one_to_one")
     epochs = result.epochs
     curves = epochs.assign(cell=[key[(o, lr, s)] for o, lr, s in zip(epochs["optimizer"], epochs["lr"], epochs["seed"])])
-    return table, curves.drop(columns=["optimizer", "lr", "seed"]).reset_index(drop=True)
+    return table, curves.drop(columns=["optimizer", "lr", "seed"]).reset_index(drop=True), warnings.lines
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -623,9 +637,9 @@ class Store:
             for path in folder.glob(".part-*"):
                 path.unlink(missing_ok=True)
 
-    # What a store holds, and what `optbench report --html` and `optbench profile` write into it
-    # by default: none of them makes it another kind of folder.
-    CONTENTS = ("cells", "curves", "manifest.json", "report.html", "profile")
+    # What a store holds, and what `optbench report` (--html, --out) and `optbench profile` may
+    # write into it: none of them makes it another kind of folder.
+    CONTENTS = ("cells", "curves", "manifest.json", "report.html", "profile", "aggregate.csv")
 
     def may_write(self) -> bool:
         """A new or empty folder, or a store (even one stopped before its manifest was written);
@@ -648,8 +662,12 @@ class Store:
                 return
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise OptbenchError(f"another sweep is writing {self.root}: wait for it, or give --out another store") from None
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OptbenchError(f"another sweep is writing {self.root}: wait for it, or give --out another "
+                                        "store") from None
+                yield  # a file system without locks (Lustre without -o flock, some FUSE mounts): none
+                return
             try:
                 yield
             finally:
@@ -662,7 +680,7 @@ class Store:
         import pyarrow.parquet as pq
 
         damaged = []
-        for folder, check in ((self.cells_dir, pq.read_table), (self.curves_dir, pq.read_metadata)):
+        for folder, check in ((self.cells_dir, pq.read_table), (self.curves_dir, pq.read_table)):
             for path in sorted(folder.glob("part-*.parquet")):
                 try:
                     check(path)
@@ -756,7 +774,9 @@ class Executor:
         count = gpu_count()
         if self.workers > count:
             raise OptbenchError(f"--workers {self.workers} with device gpu: one worker per GPU, and this machine has {count}")
-        self.gpus = [str(i) for i in range(self.workers)]
+        # Within what this process may use: a CUDA_VISIBLE_DEVICES of "2,3" gives the workers 2 and 3.
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        self.gpus = visible[: self.workers] if len(visible) >= self.workers else [str(i) for i in range(self.workers)]
 
     @property
     def label(self) -> str:
@@ -775,10 +795,9 @@ class Executor:
         except ImportError:
             raise OptbenchError("--dask needs dask: pip install 'optbench[dask]'") from None
         if self.dask == "local":
-            # Its processes start with Ctrl-C ignored (a disposition that survives exec): a Ctrl-C
-            # in the terminal reaches the whole process group, and the client alone should stop
-            # the cluster, not every worker dump its traceback on the way down.
-            with _sigint_ignored():
+            from optbench.workers import sigint_ignored  # the client alone stops on a terminal's Ctrl-C
+
+            with sigint_ignored():
                 cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
                                        processes=True, dashboard_address=None)
             try:
@@ -829,19 +848,6 @@ class Executor:
             raise
 
 
-@contextmanager
-def _sigint_ignored():
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: leave it as it is
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _connect(address: str, timeout: float = 6.0):
     from distributed import Client
 
@@ -861,6 +867,7 @@ class SweepProgress:
     done: int  # run now
     workers: dict[str, int]  # cells per worker
     damaged: list[str] = field(default_factory=list)  # parts that did not read, set aside: their cells run again
+    warnings: list[str] = field(default_factory=list)  # of the populations run now: a user's rule that raised
 
 
 def _missing(sweep: SweepFile, cells: list[Cell], store: Store) -> list[Population]:
@@ -910,8 +917,14 @@ def _run(sweep: SweepFile, store: Store, executor: Executor, on_population) -> S
 
         sweep.data["device"] = "gpu" if gpu_available() else "cpu"
     cells = expand(sweep)
-    _check_device(sweep, executor, cells)
-    executor.pin_gpus(sweep.data.get("device", "cpu"))
+    try:  # read before the lock only to check: the cells a finished GPU store has need no GPU now
+        finished = store.finished() if store.cells_dir.is_dir() else set()
+    except OptbenchError:  # a damaged part, set aside under the lock: count its cells as missing
+        finished = set()
+    missing = [c for c in cells if c.id not in finished]
+    _check_device(sweep, executor, missing)
+    if missing:
+        executor.pin_gpus(sweep.data.get("device", "cpu"))
     with store.locked():
         return _run_locked(sweep, store, executor, on_population, cells)
 
@@ -936,6 +949,7 @@ def _run_locked(sweep: SweepFile, store: Store, executor: Executor, on_populatio
         store.write(population.id, parts)
         progress.done += len(population.cells)
         progress.workers[parts["worker"]] = progress.workers.get(parts["worker"], 0) + len(population.cells)
+        progress.warnings += parts.get("warnings", [])
         if on_population:
             on_population(progress)
 
@@ -948,7 +962,7 @@ def _run_locked(sweep: SweepFile, store: Store, executor: Executor, on_populatio
         raise
     finally:
         manifest.update(status=status, written=datetime.now().isoformat(timespec="seconds"),
-                        finished_cells=progress.skipped + progress.done)
+                        finished_cells=progress.skipped + progress.done, warnings=progress.warnings)
         store.write_manifest(manifest)
     return progress
 

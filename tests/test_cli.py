@@ -380,3 +380,18 @@ def test_a_backend_matplotlib_does_not_know_in_mplbackend_still_draws(tmp_path):
                           env={**os.environ, "MPLBACKEND": "inline"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "surface" / "bowl" / "trajectories.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("first", ["optbench.modern", "optbench.optimizers", "optbench.cli"])
+def test_every_optimizer_is_registered_whichever_module_is_imported_first(first):
+    import subprocess
+    import sys
+
+    from optbench.optimizers import OPTIMIZERS
+
+    code = (f"import importlib, optbench; importlib.import_module({first!r}); "
+            "from optbench.optimizers import OPTIMIZERS, fused_paths; "
+            "print(len(OPTIMIZERS), fused_paths(OPTIMIZERS['lion']).numba is not None, callable(optbench.modern.tensors))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(OPTIMIZERS)), "True", "True"]

@@ -982,3 +982,17 @@ def test_reaches_the_minimum_of_a_convex_quadratic(name):
         distances.append(np.abs(p).max())
     # Reached, and stays there: the last 100 steps all within 1e-3 of the minimum at 0.
     assert max(distances[-100:]) < 1e-3, f"{name}: |p| = {distances[-1]:.3g} after 3000 steps"
+
+
+def test_a_rule_file_edited_since_it_was_loaded_is_loaded_again(tmp_path):
+    import os
+
+    from optbench.optimizers import defaults_of, optimizer_class
+
+    path = tmp_path / "mine.py"
+    path.write_text("class Mine:\n    defaults = {'lr': 0.1}\n    def init(self, p): return {}\n    def update(self, p, g, s): pass\n")
+    first = optimizer_class(f"{path}:Mine")
+    assert optimizer_class(f"{path}:Mine") is first  # named again: the same class
+    path.write_text(path.read_text().replace("0.1", "0.5"))
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert defaults_of(optimizer_class(f"{path}:Mine"))["lr"] == 0.5

@@ -590,11 +590,18 @@ def test_a_users_rule_from_a_file_runs_in_a_sweep_and_its_failures_are_its_own(t
     """
     progress = sweep.run_sweep(sweep.load_sweep(write(tmp_path, text)), tmp_path / "with")
     assert sweep.Store(tmp_path / "with").manifest()["status"] == "finished" and progress.done == 10
+    # Said, as the surface command says it: one line per problem and lr, and in the manifest.
+    assert len(progress.warnings) == 2 and all("fragile (lr 0.001)" in w and "too far left" in w for w in progress.warnings)
+    assert sweep.Store(tmp_path / "with").manifest()["warnings"] == progress.warnings
     cells = sweep.Store(tmp_path / "with").cells()
     mine = cells[cells["optimizer"] == "fragile"]
     assert (mine["status"] == np.where(mine["start_x"] < 0, "failed", "finished")).all()
     assert (mine.loc[mine["status"] == "failed", "steps"] == 4).all()  # the steps before the one that raised
     assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, text)), tmp_path / "with").skipped == 10  # resumable
+    # A class is one cell however the file names it.
+    ids = lambda t: sorted(c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, t, "other.toml"))))  # noqa: E731
+    assert ids(text) == ids(text.replace("rules/mine.py", "./rules/mine.py"))
+    assert ids(text) == ids(text.replace('"sgd"', '"optbench.optimizers:SGD"'))
 
     alone = write(tmp_path, text.replace(', "rules/mine.py:Fragile"', ""), "alone.toml")
     sweep.run_sweep(sweep.load_sweep(alone), tmp_path / "alone")
@@ -639,6 +646,7 @@ def test_a_report_or_profile_written_into_a_store_does_not_stop_it_growing(tmp_p
     store = tmp_path / "store"
     sweep.run_sweep(spec, store)
     assert runner.invoke(app, ["report", "--html", str(store)]).exit_code == 0 and (store / "report.html").exists()
+    assert runner.invoke(app, ["report", str(store), "--out", str(store)]).exit_code == 0 and (store / "aggregate.csv").exists()
     (store / "manifest.json").write_text("[1, 2]")  # valid JSON, not an object: read as no manifest
     grown = write(tmp_path, SURFACES.replace("seeds = 2", "seeds = 3"), "grown.toml")
     assert sweep.run_sweep(sweep.load_sweep(grown), store).done == 30
@@ -658,3 +666,34 @@ def test_local_gpu_workers_are_pinned_one_gpu_each_with_device_auto_too(tmp_path
     assert pinned == [["0", "1"]]
     with pytest.raises(OptbenchError, match="not with a scheduler address"):
         sweep.Executor(workers=2, dask="tcp://localhost:8786").check()
+
+
+def test_gpu_workers_keep_within_the_gpus_this_process_may_use(monkeypatch):
+    from optbench import backend
+
+    monkeypatch.setattr(backend, "gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    executor = sweep.Executor(workers=2)
+    executor.pin_gpus("gpu")
+    assert executor.gpus == ["2", "3"]
+
+
+def test_a_file_system_without_locks_still_runs_a_sweep(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre without -o flock
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, SURFACES)), tmp_path / "store").done == 60
+
+
+def test_a_gpu_store_whose_cells_are_all_in_needs_no_gpu_to_be_rerun(tmp_path, monkeypatch):
+    spec = sweep.load_sweep(write(tmp_path, MNIST))
+    spec.data["device"] = "gpu"
+    every = {c.id for c in sweep.expand(spec)}
+    monkeypatch.setattr(sweep.Store, "finished", lambda self: every)  # as if a GPU machine had run them all
+    (tmp_path / "store" / "cells").mkdir(parents=True)
+    state = sweep.run_sweep(spec, tmp_path / "store")
+    assert (state.done, state.skipped) == (0, len(every))

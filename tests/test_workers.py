@@ -83,3 +83,39 @@ def test_an_interrupt_stops_the_workers_at_once_and_leaves_nothing_running():
     with pytest.raises(KeyboardInterrupt):
         run_in_processes(slow, range(40), 2, interrupt)
     assert time.monotonic() - started < 10  # the first item and the start-up, not the 20 s of the list
+
+
+class TwoArguments(Exception):
+    def __init__(self, a, b):  # pickles, but does not unpickle: its constructor wants two arguments
+        super().__init__(f"{a} and {b}")
+
+
+def raise_two_arguments(n: int) -> int:
+    raise TwoArguments("this", "that")
+
+
+def answer_then_die(marker: str) -> str:
+    # Dies just after answering, while the parent is still busy with the answer (an OOM kill
+    # between two items): the next item sent to it finds a broken pipe.
+    import threading as threads
+
+    threads.Timer(0.05, lambda: os._exit(9)).start()
+    return marker
+
+
+def test_an_exception_that_does_not_unpickle_still_arrives_with_its_words():
+    with pytest.raises(OptbenchError, match="TwoArguments: this and that"):
+        run_in_processes(raise_two_arguments, [1], 1, lambda item, value: None)
+
+
+def test_a_worker_that_dies_between_two_items_is_replaced():
+    got = []
+
+    def slow_done(item, value):
+        time.sleep(0.3)  # the worker dies meanwhile
+        got.append(value)
+
+    run_in_processes(answer_then_die, ["a", "b", "c"], 1, slow_done)
+    assert got == ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        run_in_processes(square, [1], 0, lambda item, value: None)
