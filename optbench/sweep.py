@@ -25,8 +25,8 @@ bitwise the same whichever executor ran it.
 
 from __future__ import annotations
 
-import hashlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -509,6 +509,7 @@ def _run_mnist_cells(population: Population) -> tuple[pd.DataFrame, pd.DataFrame
     members = [Member(c.optimizer, _cls(c), c.hparams, c.lr, c.seed) for c in cells]
     experiment = Experiment(optimizers=list(dict.fromkeys(c.spec for c in cells)), problem=problem,
                             device=population.device)
+
     class Warnings(Reporter):  # what a terminal would have shown: a user's rule that raised
         def __init__(self):
             self.lines: list[str] = []
