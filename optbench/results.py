@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -40,6 +41,18 @@ def atomic_path(path: Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What `atomic_path` names its temporary files: ".<stem>.<mkstemp's 8 characters><suffix>".
+_TEMPORARY = re.compile(r"^\.[^.].*\.[A-Za-z0-9_]{8}\.[A-Za-z0-9]+$")
+
+
+def clear_temporaries(folder: Path) -> None:
+    """Remove what a write killed mid-way (SIGKILL, a power cut) left in `folder`: the
+    temporary files of `atomic_path`, hidden, never renamed into place."""
+    for path in Path(folder).glob(".*"):
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
 
 
 def _umask() -> int:

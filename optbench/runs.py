@@ -31,6 +31,7 @@ def write_run(folder: Path, result: Results, *, plot: bool = True) -> list[Path]
     """Write (or rewrite, as populations finish) every file of a run folder, each atomically;
     the manifest last, so that its status is only as final as the files before it."""
     folder = results.prepare_dir(folder)
+    results.clear_temporaries(folder)
     try:
         return _write_files(folder, result, plot)
     except KeyboardInterrupt:  # a second Ctrl-C, or SIGTERM, while writing: each file is whole, the set is not

@@ -354,6 +354,7 @@ def write_surface_result(result: SurfaceResult, out: Path, *, plot: bool = True,
     trajectories.csv, every step of every member, which a large grid makes large.
     """
     folder = results.prepare_dir(Path(out) / "surface" / result.surface.name)
+    results.clear_temporaries(folder)
     try:
         return _write_files(result, folder, plot, animate, trajectories)
     except KeyboardInterrupt:  # each file is whole; the manifest says the set is not

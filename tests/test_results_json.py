@@ -105,3 +105,15 @@ def test_a_manifest_that_is_not_a_json_object_reads_as_none_and_the_readers_go_o
     for args in (["profile", str(folder), "--out", str(tmp_path), "-q"], ["report", "--html", str(folder)]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
+
+
+def test_the_temporary_files_of_a_killed_write_are_cleared_and_nothing_else(tmp_path):
+    import tempfile
+
+    fd, left = tempfile.mkstemp(prefix=".summary.", suffix=".csv", dir=tmp_path)  # as atomic_path names them
+    __import__("os").close(fd)
+    kept = [tmp_path / ".optbench-keep", tmp_path / "summary.csv", tmp_path / ".damaged-part-abc.parquet"]
+    for path in kept:
+        path.write_text("x")
+    results.clear_temporaries(tmp_path)
+    assert not __import__("os").path.exists(left) and all(path.exists() for path in kept)
