@@ -86,14 +86,15 @@ class _Worker:
             return False
 
     def stop(self, at_once: bool) -> None:
-        if at_once:
-            self.process.terminate()
-        else:
+        if not at_once:
             try:
                 self.conn.send(("stop",))
             except OSError:
                 pass
-        self.process.join(timeout=None if not at_once else 5)
+            self.process.join(timeout=30)  # it finishes at once; one that hangs on its way out is ended
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
         self.conn.close()
 
 
@@ -150,7 +151,10 @@ def run_in_processes(function: Callable, items: Sequence, workers: int, done: Ca
                 next_item(slot)
         finished = True
     except BaseException:
-        _hand_over_finished(pool, done)
+        try:
+            _hand_over_finished(pool, done)
+        except Exception:  # noqa: BLE001 - `done` failing again (a full disk): the first error is the one to tell
+            pass
         raise
     finally:
         for worker in pool:
