@@ -398,12 +398,15 @@ class LAMB(_Layered):
         r = min(|p|, clamp) / (|u| + eps)   (1 where either norm is 0)
         p <- p * (1 - lr wd);  p <- p - lr / (1 - beta1^t) * r u
     over each tensor of a layout (each weight matrix and bias of a net), or each point of a surface.
+    `weight_decouple=False` is the paper's form: no shrinking of p, u <- u + wd p before the
+    trust ratio.
     """
 
     name = "lamb"
     paper = "You et al. 2020"
     reference = "pytorch-optimizer 4.1 Lamb"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.0, "clamp": 10.0}
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.0, "clamp": 10.0,
+                "weight_decouple": True}
     ranges = {"clamp": (lambda v: v > 0, "> 0")}
 
     def _init_state(self, p, layout) -> dict:
@@ -415,7 +418,7 @@ class LAMB(_Layered):
 
     def _update_ufunc(self, p, g, state: dict, step_size) -> None:
         xp = get_array_module(p)
-        if self.weight_decay != 0:
+        if self.weight_decay != 0 and self.weight_decouple:
             p *= 1 - self.weight_decay * self.lr
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         (work,) = _scratch(state, p, 1)
@@ -423,6 +426,8 @@ class LAMB(_Layered):
         exp_avg += g * (1 - self.beta1)
         _square_avg_(exp_avg_sq, g, self.beta2, work)
         update = 1 / (xp.sqrt(exp_avg_sq) + self.eps) * exp_avg
+        if self.weight_decay != 0 and not self.weight_decouple:
+            update += self.weight_decay * p
         layout = state["layout"]
         for weights, direction in zip(tensors(p, layout), tensors(update, layout)):
             weight_norm = xp.minimum(_norm(weights), self.clamp)

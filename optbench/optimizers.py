@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -155,10 +156,18 @@ class Optimizer:
         label = self.name or type(self).__name__
         ranges = {**_RANGES, **self.ranges}
         for key, value in self.hparams.items():
-            if key not in ranges or isinstance(value, bool) or value is None:
+            if isinstance(value, bool) or value is None:
+                continue
+            values = np.asarray(value)
+            if key not in ranges:
+                # No range of its own, but never NaN, and infinite only where the default is
+                # (Prodigy's growth_rate): a NaN setting would pass as a run that diverged.
+                default = self.defaults.get(key)
+                infinite_default = isinstance(default, float) and math.isinf(default)
+                if np.isnan(values).any() or not np.all(np.isfinite(values) | (infinite_default & (values == default))):
+                    raise OptbenchError(f"{label}: invalid {key} {value!r} (must be a finite number)")
                 continue
             ok, allowed = ranges[key]
-            values = np.asarray(value)
             if not np.all(ok(values)) or not np.all(np.isfinite(values)):
                 shown = f"{value!r}" if values.ndim == 0 else f"values from {values.min():g} to {values.max():g}"
                 raise OptbenchError(f"{label}: invalid {key} {shown} (must be {allowed})")
@@ -390,7 +399,7 @@ class Adadelta(Optimizer):
 class Adam(Optimizer):
     """Adam, with optional AMSGrad.
 
-        g <- g + wd * p
+        g <- g + wd * p   (decoupled_weight_decay: p <- p * (1 - lr * wd) instead, AdamW's)
         m <- lerp(m, g, 1 - beta1);  v <- beta2 * v + (1 - beta2) * g^2
         vmax <- max(vmax, v)   (amsgrad, on the raw second moment; used in place of v)
         p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
@@ -398,9 +407,8 @@ class Adam(Optimizer):
 
     name = "adam"
     paper = "Kingma & Ba 2015; Reddi, Kale & Kumar 2018 (AMSGrad)"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}
-    # AdamW's weight decay multiplies p by (1 - lr * wd) instead of adding wd * p to g.
-    decoupled_weight_decay: ClassVar[bool] = False
+    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
+                "decoupled_weight_decay": False}
 
     def init(self, p) -> dict:
         xp = get_array_module(p)
@@ -437,7 +445,8 @@ class AdamW(Adam):
 
     name = "adamw"
     paper = "Loshchilov & Hutter 2019"
-    defaults = {**Adam.defaults, "weight_decay": 1e-2}
+    # torch.optim.AdamW is Adam(decoupled_weight_decay=True), and has no option to undo it.
+    defaults = {**{k: v for k, v in Adam.defaults.items() if k != "decoupled_weight_decay"}, "weight_decay": 1e-2}
     decoupled_weight_decay = True
 
 

@@ -211,7 +211,9 @@ class Cell:
         from optbench.optimizers import OPTIMIZERS, defaults_of
 
         cls = _cls(self)
-        full = {k: v for k, v in {**defaults_of(cls), **self.hparams}.items() if k != "lr"}
+        full = {k: v for k, v in {**defaults_of(cls), **self.hparams}.items()
+                if k != "lr" and not (k in _ADDED_LATER.get(getattr(cls, "name", ""), {})
+                                      and v == _ADDED_LATER[cls.name][k])}
         # The class by what it is, not by how the file names it ("rules/mine.py:Mine",
         # "./rules/mine.py:Mine" and "mine:Mine" are one class): a built-in's name, else
         # module:qualname, as stores have named cells since their format 1.
@@ -227,6 +229,12 @@ class Cell:
     @cached_property
     def problem_id(self) -> str:
         return _hash(_identity(self.problem))
+
+
+# Options a built-in rule gained after stores began naming cells, at the default that is the rule
+# as it was: left out of a cell's name there, so that a store's finished cells stay finished.
+_ADDED_LATER = {"adam": {"decoupled_weight_decay": False}, "amsgrad": {"decoupled_weight_decay": False},
+                "lamb": {"weight_decouple": True}}
 
 
 def _identity(problem: dict) -> dict:

@@ -121,7 +121,8 @@ def optimizers_table() -> Table:
     table.add_column("defaults")
     table.add_column("paper")
     for name, cls in OPTIMIZERS.items():
-        defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+        # Settings are floats inside (ns_steps 5.0): shown as numbers are written, 5 and 1e-08.
+        defaults = ", ".join(f"{k}={v:.10g}" if isinstance(v, float) else f"{k}={v}" for k, v in cls.defaults.items())
         table.add_row(name, getattr(cls, "reference", ""), getattr(cls, "kind", "elementwise"), defaults,
                       getattr(cls, "paper", ""))
     return table

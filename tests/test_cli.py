@@ -28,6 +28,19 @@ def test_list_shows_every_optimizer_and_surface():
         assert name in result.output
 
 
+def test_list_shows_the_defaults_as_numbers_are_written():
+    from rich.console import Console
+
+    from optbench.tables import optimizers_table
+
+    console = Console(width=400, record=True)
+    console.print(optimizers_table())
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 3}
+    assert "ns_steps=5," in rows["muon"] and "eps=1e-07" in rows["muon"]
+    assert "warmup_steps=0," in rows["sf_adamw"] and "lr=0.0025" in rows["sf_adamw"]
+    assert "decoupled_weight_decay=False" in rows["adam"] and "decoupled" not in rows["adamw"]
+
+
 def test_muon_on_a_surface_is_refused_in_one_line_and_writes_nothing(tmp_path):
     result = invoke("surface", "--opt", "muon", "--out", tmp_path / "out")
     assert result.exit_code == 2
@@ -251,6 +264,7 @@ def test_divergence_is_marked_and_the_others_go_on(tmp_path):
         (["--opt", "adam", "--hp", "beta1=0.9", "--hp", "beta1=0.8"], "--hp beta1 is given twice"),
         (["--opt", "adam", "--tune", "--hp", "adam.lr=0.1"], "give --tune or --hp lr="),
         (["--opt", "adam", "--start", "nan", "0"], "not finite"),
+        (["--opt", "prodigy", "--hp", "prodigy.d0=nan"], "invalid d0 nan"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):

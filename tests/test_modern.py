@@ -147,11 +147,12 @@ def test_ademamix_follows_pytorch_optimizer(hparams):
     assert_same_trajectory(mine, theirs)
 
 
-@pytest.mark.parametrize("hparams", [{}, {"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.05, "beta1": 0.5, "clamp": 1.0}])
+@pytest.mark.parametrize("hparams", [{}, {"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.05, "beta1": 0.5, "clamp": 1.0},
+                                     {"lr": 0.005, "weight_decay": 0.3, "weight_decouple": False}])
 def test_lamb_follows_pytorch_optimizer_with_a_trust_ratio_per_tensor(hparams):
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason="pytorch-optimizer is not installed: no reference")
     kwargs = {"lr": hparams.get("lr", 1e-3), "betas": (hparams.get("beta1", 0.9), 0.999),
-              "weight_decay": hparams.get("weight_decay", 0.0)}
+              "weight_decay": hparams.get("weight_decay", 0.0), "weight_decouple": hparams.get("weight_decouple", True)}
 
     def make(params):
         lamb = pytorch_optimizer.Lamb(params, **kwargs)

@@ -410,6 +410,21 @@ def test_decoupled_weight_decay_option_shrinks_p_before_the_step(pg, name):
         close(decoupled, p0 * (1 - lr * wd) - lr * g)
 
 
+def test_adam_with_decoupled_weight_decay_is_adamw(pg):
+    # torch.optim.AdamW is Adam(decoupled_weight_decay=True); AdamW has no switch to undo it.
+    p0, g = pg
+    grads = [lambda p: g * np.cos(p)] * 20
+    for amsgrad in (False, True):
+        adam = steps(make_optimizer("adam", weight_decay=0.3, amsgrad=amsgrad, decoupled_weight_decay=True), p0, grads)
+        adamw = steps(make_optimizer("adamw", weight_decay=0.3, amsgrad=amsgrad), p0, grads)
+        np.testing.assert_array_equal(np.array(adam), np.array(adamw))
+        coupled = steps(make_optimizer("adam", weight_decay=0.3, amsgrad=amsgrad), p0, grads)
+        assert not np.allclose(np.array(coupled), np.array(adamw))
+    with pytest.raises(OptbenchError) as excinfo:
+        make_optimizer("adamw", decoupled_weight_decay=False)
+    assert_one_line_error(excinfo, "decoupled_weight_decay")
+
+
 def test_adamw_is_adam_with_decoupled_decay_over_many_steps(pg):
     # AdamW(wd) from p equals: shrink p by (1 - lr wd), then Adam(wd=0)'s step with the same state.
     p0, g = pg
@@ -612,9 +627,9 @@ TORCH_DEFAULTS = {
     "adagrad": {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0, "eps": 1e-10},
     "rmsprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False},
     "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
-    "adam": _ADAM,
-    "adamw": {**_ADAM, "weight_decay": 1e-2},
-    "amsgrad": {**_ADAM, "amsgrad": True},
+    "adam": {**_ADAM, "decoupled_weight_decay": False},
+    "adamw": {**_ADAM, "weight_decay": 1e-2},  # torch's AdamW has no decoupled_weight_decay to set
+    "amsgrad": {**_ADAM, "amsgrad": True, "decoupled_weight_decay": False},
     "nadam": {"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
               "momentum_decay": 4e-3, "decoupled_weight_decay": False},
     "radam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
@@ -707,6 +722,23 @@ def test_nesterov_needs_momentum_and_no_dampening(name, hparams):
     with pytest.raises(OptbenchError) as excinfo:
         make_optimizer(name, **hparams)
     assert_one_line_error(excinfo, "nesterov")
+
+
+@pytest.mark.parametrize(("name", "key", "value"), [
+    ("prodigy", "d0", float("nan")), ("prodigy", "d0", float("inf")), ("prodigy", "d_coef", float("-inf")),
+    ("prodigy", "growth_rate", float("nan")), ("prodigy", "growth_rate", float("-inf")),
+    ("sf_adamw", "r", float("inf")), ("sf_sgd", "weight_lr_power", float("nan")),
+])
+def test_hyperparameters_without_a_range_are_still_refused_when_not_finite(name, key, value):
+    # A NaN setting would otherwise run, and read as a run that diverged at its first step.
+    with pytest.raises(OptbenchError) as excinfo:
+        make_optimizer(name, **{key: value})
+    assert_one_line_error(excinfo, key, "finite")
+
+
+def test_an_infinite_default_stays_accepted():
+    assert make_optimizer("prodigy").growth_rate == float("inf")  # prodigyopt's default: no cap
+    assert make_optimizer("prodigy", growth_rate=float("inf")).growth_rate == float("inf")
 
 
 def test_unknown_optimizer_name_is_refused():

@@ -468,6 +468,23 @@ def test_equal_settings_written_differently_are_one_cell(tmp_path):
     assert not ({c.id for c in gpu} & ids[0])
 
 
+def test_an_option_a_rule_gained_later_keeps_the_ids_of_cells_written_before_it(tmp_path):
+    # Adam's decoupled_weight_decay and LAMB's weight_decouple came after stores began naming
+    # cells. At their defaults (the rules as they were) the ids are those the code before them
+    # gave (commit ff41a2b, the same file), so finished cells stay finished; set, a new cell.
+    text = ('optimizers = ["adam", "amsgrad", "lamb"]\nhp = ["lamb.weight_decay=0.1"]\nlrs = [0.01]\n'
+            '[[problems]]\nkind = "surface"\nsurface = "bowl"\n')
+    ids = {c.optimizer: c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, text)))}
+    assert ids == {"adam": "b49159bf8d16d7da", "amsgrad": "9e21496dba4bb861", "lamb": "6714c69e43202a0b"}
+    named = text.replace('hp = ["lamb.weight_decay=0.1"]', 'hp = ["lamb.weight_decay=0.1", "lamb.weight_decouple=true", '
+                                                          '"adam.decoupled_weight_decay=false"]')
+    assert {c.optimizer: c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, named, "named.toml")))} == ids
+    changed = text.replace('hp = ["lamb.weight_decay=0.1"]', 'hp = ["lamb.weight_decay=0.1", "lamb.weight_decouple=false", '
+                                                            '"decoupled_weight_decay=true"]')
+    other = {c.optimizer: c.id for c in sweep.expand(sweep.load_sweep(write(tmp_path, changed, "changed.toml")))}
+    assert all(other[name] != ids[name] for name in ids)
+
+
 def test_an_unreachable_scheduler_writes_nothing_and_an_empty_store_reports_in_one_line(tmp_path):
     pytest.importorskip("distributed")
     spec = sweep.load_sweep(write(tmp_path, SURFACES))

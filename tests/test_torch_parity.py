@@ -217,6 +217,8 @@ SETTING_CASES = [
     pytest.param("adamw", {"weight_decay": 0.1, "lr": 1e-2}, id="adamw-weight_decay0.1"),
     pytest.param("adamw", {"amsgrad": True}, id="adamw-amsgrad"),
     pytest.param("amsgrad", {"weight_decay": 0.1, "eps": 1e-6}, id="amsgrad-weight_decay-eps"),
+    pytest.param("adam", {"decoupled_weight_decay": True, "weight_decay": 0.1}, id="adam-decoupled-wd"),
+    pytest.param("amsgrad", {"decoupled_weight_decay": True, "weight_decay": 0.2, "lr": 1e-2}, id="amsgrad-decoupled-wd"),
     pytest.param("nadam", {"decoupled_weight_decay": True, "weight_decay": 0.1}, id="nadam-decoupled-wd"),
     pytest.param("nadam", {"weight_decay": 0.1, "momentum_decay": 0.01, "beta1": 0.95}, id="nadam-coupled-wd-mdecay"),
     pytest.param("radam", {"decoupled_weight_decay": True, "weight_decay": 0.1}, id="radam-decoupled-wd"),
@@ -260,3 +262,13 @@ def test_registry_defaults_equal_torch_signature_defaults(name):
     for key, value in ours.items():
         assert key in torch_defaults, f"{name}: {key} is not a torch.optim.{cls_name} hyperparameter"
         assert value == torch_defaults[key], f"{name}: default {key}={value!r}, torch has {torch_defaults[key]!r}"
+    # And the other way: every option of torch's that changes the rule is ours too (a missing one
+    # would be dropped without a word by a bare --hp meant for several optimizers).
+    missing = set(torch_defaults) - set(ours) - set(implied) - TORCH_SWITCHES
+    assert not missing, f"{name}: torch.optim.{cls_name} has {sorted(missing)}, optbench's {name} does not"
+
+
+# torch's switches of how a step is computed, not of what it computes (`maximize` flips the
+# problem, which a benchmark of minimisers does not: refused as unknown). Anything else of torch's
+# signature must be one of our hyperparameters.
+TORCH_SWITCHES = {"foreach", "maximize", "capturable", "differentiable", "fused"}
