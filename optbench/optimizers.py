@@ -714,6 +714,8 @@ def parse_value(text: str, default: Any):
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected true or false, got {text!r}")
+    if default is None and text.strip().lower() == "none":  # back to "derived from the others"
+        return None
     return float(text)
 
 

@@ -833,6 +833,15 @@ def test_unparseable_values_are_refused(cls, raw, fragment):
     assert_one_line_error(excinfo, fragment)
 
 
+def test_a_setting_whose_default_is_none_can_be_set_back_to_none():
+    prodigy = OPTIMIZERS["prodigy"]
+    assert hparams_for(prodigy, {"beta3": "None"}, strict=True) == {"beta3": None}
+    assert hparams_for(prodigy, {"beta3": "0.5"}, strict=True) == {"beta3": 0.5}
+    with pytest.raises(OptbenchError) as excinfo:  # only where none means something
+        hparams_for(Adam, {"beta1": "none"}, strict=True)
+    assert_one_line_error(excinfo, "beta1")
+
+
 # ==================================================================================================
 # User optimizers: make_optimizer("module:Class") and ("path/file.py:Class")
 # ==================================================================================================
