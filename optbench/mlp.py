@@ -322,6 +322,21 @@ class Population:
             if i > 0:
                 delta = xp.matmul(delta, p[f"W{i}"].transpose(0, 2, 1), out=out(f"back{i}"))
 
+    def refresh_batchnorm(self, batches, member: int) -> None:
+        """Member `member`'s running batch-norm statistics gathered anew at its current weights:
+        forward passes over `batches` (each (n, d)) in training mode, the others' rows untouched.
+
+        Schedule-Free evaluates its average x but trains, and gathers these statistics, at y; its
+        reference asks for this before evaluating (schedulefree's README: 50 training batches in
+        train mode). Without dropout here: its masks would advance the member's stream."""
+        training, dropout = self.training, self.dropout
+        self.training, self.dropout = True, 0.0
+        try:
+            for x in batches:
+                self._forward(x[None], slice(member, member + 1))
+        finally:
+            self.training, self.dropout = training, dropout
+
     def _batchnorm_backward(self, i, delta, layer, p, g):
         z_hat, inv_std = layer["z_hat"], layer["inv_std"]
         g[f"gamma{i}"][...] = (delta * z_hat).sum(axis=1)

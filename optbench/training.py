@@ -303,12 +303,32 @@ def _train(pop, optimizers, x_train, y_train, eval_sets, log, shards, graphed, o
                         break
             sync()
             seconds = time.perf_counter() - started
-            with updates.answering():  # evaluated at the weights each rule answers with
+            with updates.answering() as answered:  # evaluated at the weights each rule answers with
+                if pop.batchnorm:
+                    _refresh_batchnorm(pop, [k for k in answered if active[k]], x_train, batch_size)
                 _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval,
                                    shards)
     except KeyboardInterrupt:
         log.interrupted = True
     return log
+
+
+# Batches of training data that gather a member's batch-norm statistics at the weights it answers
+# with, as schedulefree's README does before evaluating (`itertools.islice(train_loader, 50)`).
+BATCHNORM_REFRESH_BATCHES = 50
+
+
+def _refresh_batchnorm(pop, members, x_train, batch_size: int) -> None:
+    """The running statistics of the members evaluated at other weights than they train at
+    (Schedule-Free's x), gathered anew there from the first training batches, in order: the same
+    batches for every member and evaluation, and no draw from anyone's batch order."""
+    if not members:
+        return
+    batches = [x_train[start : start + batch_size]
+               for start in range(0, min(len(x_train), BATCHNORM_REFRESH_BATCHES * batch_size), batch_size)]
+    with np.errstate(all="ignore"):
+        for k in members:
+            pop.refresh_batchnorm(batches, k)
 
 
 def _evaluate_interval(log, pop, eval_sets, active, first, done, per_epoch, batch_size, seconds, on_eval, shards) -> None:

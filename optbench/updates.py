@@ -126,7 +126,8 @@ class MemberUpdates:
     @contextmanager
     def answering(self):
         """Inside, each row holds its optimizer's evaluation weights (Schedule-Free's average:
-        what the reference's `eval()` switches to); afterwards, bitwise what it held before."""
+        what the reference's `eval()` switches to); afterwards, bitwise what it held before.
+        Yields the members whose rows were swapped."""
         saved = {}
         try:
             for k, opt in enumerate(self.optimizers):
@@ -138,7 +139,7 @@ class MemberUpdates:
                 if weights is not row:
                     saved[k] = row.copy()
                     row[...] = weights
-            yield
+            yield sorted(saved)
         finally:
             for k, row in saved.items():
                 self.params[k][...] = row

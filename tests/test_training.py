@@ -101,3 +101,64 @@ def test_cuda_graph_is_refused_for_a_numpy_network():
     x, y = rng.random((256, 784), dtype=np.float32), rng.integers(0, 10, 256)
     with pytest.raises(OptbenchError, match="CUDA graphs need the GPU"):
         train(MLP((784, 16, 10), seed=0), make_optimizer("adam"), x, y, x, y, iterations=2, cuda_graph=True)
+
+
+def test_batchnorm_refresh_gathers_statistics_as_torch_batchnorm_does():
+    # The oracle is torch's BatchNorm1d in train mode, fed the first layer's outputs of member 1
+    # over the same batches from the same running statistics; member 0's rows stay as they were.
+    torch = pytest.importorskip("torch")
+    from optbench.mlp import Population
+
+    pop = Population((12, 6, 3), seeds=[0, 1], batchnorm=True)
+    rng = np.random.default_rng(3)
+    pop.running["mean0"][...] = rng.standard_normal((2, 6))
+    pop.running["var0"][...] = rng.uniform(0.5, 2, (2, 6))
+    before = {name: value.copy() for name, value in pop.running.items()}
+    batches = [rng.standard_normal((16, 12)).astype(np.float32) for _ in range(5)]
+    pop.training = False
+    pop.refresh_batchnorm(batches, 1)
+    assert pop.training is False  # put back
+
+    bn = torch.nn.BatchNorm1d(6, momentum=0.1, eps=1e-5)
+    bn.running_mean.copy_(torch.from_numpy(before["mean0"][1]))
+    bn.running_var.copy_(torch.from_numpy(before["var0"][1]))
+    bn.train()
+    with torch.no_grad():
+        for x in batches:
+            bn(torch.from_numpy(x @ pop.p["W0"][1] + pop.p["b0"][1]))
+    np.testing.assert_allclose(pop.running["mean0"][1], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pop.running["var0"][1], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(pop.running["mean0"][1], before["mean0"][1])
+    np.testing.assert_array_equal(pop.running["mean0"][0], before["mean0"][0])
+    np.testing.assert_array_equal(pop.running["var0"][0], before["var0"][0])
+
+
+def test_schedule_free_with_batchnorm_is_evaluated_with_statistics_gathered_at_its_average(small_mnist, monkeypatch):
+    # schedulefree's README: before evaluating at x, run training batches through the net at x in
+    # train mode. Only the members that answer with other weights are refreshed, at each
+    # evaluation, and the training itself is untouched by how often it is evaluated.
+    from optbench.mlp import Population
+    from optbench.training import BATCHNORM_REFRESH_BATCHES, train_population
+
+    calls = []
+    original = Population.refresh_batchnorm
+
+    def spy(self, batches, member):
+        calls.append((member, len(batches), self.params[member].copy()))
+        original(self, batches, member)
+
+    monkeypatch.setattr(Population, "refresh_batchnorm", spy)
+    x_train, y_train, x_test, y_test = small_mnist
+    losses = {}
+    for eval_every in (20, 60):
+        calls.clear()
+        pop = Population((784, 16, 10), seeds=[0, 0, 0], batchnorm=True)
+        opts = [make_optimizer("adam"), make_optimizer("sf_adamw"), make_optimizer("sgd", lr=0.05)]
+        log = train_population(pop, opts, x_train, y_train, {"test": (x_test, y_test)}, iterations=60,
+                               eval_every=eval_every, batch_size=32)
+        losses[eval_every] = log.losses.copy()
+        assert [member for member, _, _ in calls] == [1] * (60 // eval_every)
+        assert all(n == BATCHNORM_REFRESH_BATCHES for _, n, _ in calls)
+        # Refreshed at the average x, not at the point y it trains at (restored afterwards).
+        assert not np.array_equal(calls[-1][2], pop.params[1])
+    np.testing.assert_array_equal(losses[20], losses[60])
