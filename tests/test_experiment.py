@@ -13,7 +13,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from optbench import datasets, experiment
+from optbench import experiment
 from optbench.cli import app
 from optbench.errors import OptbenchError
 from optbench.experiment import TUNE_FACTORS, Experiment, MnistProblem, learning_rates
@@ -21,16 +21,15 @@ from optbench.mlp import MLP, Population, initial_weights
 from optbench.optimizers import make_optimizer
 from optbench.training import Shards, batch_order, shards_of, train_population
 
+import realdata
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def data():
-    try:
-        x_train, y_train, x_test, y_test = datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    x_train, y_train, x_test, y_test = realdata.load("mnist")
     return x_train[:3000], y_train[:3000], x_test[:500], y_test[:500]
 
 

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from optbench import datasets
 from optbench.cli import app
 from optbench.errors import OptbenchError
 from optbench.html_report import build_report, folder_kind, write_report
+
+import realdata
 
 runner = CliRunner()
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "headless_shell")
@@ -135,10 +136,7 @@ def test_report_html_from_the_cli_writes_one_file(folders, tmp_path):
 
 
 def test_an_mnist_run_has_its_time_to_target_table(tmp_path):
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
     r = runner.invoke(app, ["mnist", "--opt", "adam", "--train-size", "2000", "--test-size", "500", "--hidden", "32",
                             "--epochs", "1", "--eval-every", "5", "--target", "0.5", "--out", str(tmp_path), "--name", "m", "-q"])
     assert r.exit_code == 0, r.output

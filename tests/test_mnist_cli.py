@@ -9,20 +9,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from optbench import datasets, experiment
+from optbench import experiment
 from optbench.backend import gpu_available
 from optbench.cli import app
 from optbench.errors import OptbenchError
+
+import realdata
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def mnist_available():
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
 
 
 def invoke(*args):

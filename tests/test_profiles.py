@@ -11,6 +11,8 @@ from optbench.cli import app
 from optbench.errors import OptbenchError
 from optbench.profiles import integrated_scores, on_every_problem, performance_ratios, profile
 
+import realdata
+
 # Three optimizers, four problems; B never solves P3.
 COSTS = pd.DataFrame({"A": [10, 30, 100, 8], "B": [20, 15, np.inf, 8], "C": [40, 15, 50, 16]},
                      index=["P1", "P2", "P3", "P4"], dtype=float)
@@ -109,12 +111,7 @@ def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
 
 
 def test_a_profile_over_a_surface_and_an_mnist_run_and_the_html_report_of_them(tmp_path):
-    from optbench import datasets
-
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
     runner = CliRunner()
     r = runner.invoke(app, ["surface", "--opt", "adam", "--opt", "sgd", "--fn", "booth", "--out", str(tmp_path),
                             "--no-plot", "-q"])

@@ -24,6 +24,8 @@ from optbench.optimizers import select_contenders
 from optbench.surface_run import run_surface
 from optbench.surfaces import get_surface
 
+import realdata
+
 runner = CliRunner()
 
 SURFACES = """
@@ -269,12 +271,7 @@ target = 50
 
 def test_mnist_cells_train_alike_in_process_and_on_dask(tmp_path):
     pytest.importorskip("distributed")
-    from optbench import datasets
-
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
     spec = sweep.load_sweep(write(tmp_path, MNIST))
     sweep.run_sweep(spec, tmp_path / "inproc")
     sweep.run_sweep(spec, tmp_path / "dask", sweep.Executor(workers=2, dask="local"))
@@ -405,12 +402,7 @@ def test_lrs_tune_expands_to_each_problems_tuning_grid(tmp_path):
 
 
 def test_a_mixed_store_reads_whole_with_pandas_alone_and_keeps_different_settings_apart(tmp_path):
-    from optbench import datasets
-
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
     spec = sweep.load_sweep(write(tmp_path, """
         optimizers = ["sgd"]
         lrs = [0.1]
@@ -554,15 +546,11 @@ def test_a_sweep_will_not_write_into_a_folder_that_is_not_a_store(tmp_path):
 
 
 def test_device_auto_names_cells_by_the_device_that_runs_them(tmp_path):
-    from optbench import datasets
     from optbench.backend import gpu_available
 
     if gpu_available():
         pytest.skip("this machine has a GPU: auto would be gpu here, another set of cells")
-    try:
-        datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    realdata.load("mnist")
     text = 'optimizers = ["sgd"]\nlrs = [0.1]\n' + MNIST_PROBLEM
     assert sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "cpu"\n' + text, "cpu.toml")), tmp_path / "s").done == 1
     again = sweep.run_sweep(sweep.load_sweep(write(tmp_path, 'device = "auto"\n' + text, "auto.toml")), tmp_path / "s")

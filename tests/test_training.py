@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optbench import datasets
 from optbench.errors import OptbenchError
 from optbench.mlp import MLP
 from optbench.optimizers import make_optimizer
 from optbench.training import batch_order, train
 
+import realdata
+
 
 @pytest.fixture(scope="module")
 def small_mnist():
-    try:
-        x_train, y_train, x_test, y_test = datasets.load("mnist")
-    except OptbenchError as exc:
-        pytest.skip(f"real MNIST not available here: {exc}")
+    x_train, y_train, x_test, y_test = realdata.load("mnist")
     return x_train[:5000], y_train[:5000], x_test[:2000], y_test[:2000]
 
 
