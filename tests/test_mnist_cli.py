@@ -291,9 +291,10 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_what_was_trained(tmp_path, mn
 
     folder = tmp_path / "mnist" / "term"
     process = subprocess.Popen(
-        # Two populations of one: the first one's files appear when it finishes, then the second trains.
+        # Two populations of one: the first one's files appear when it finishes, then the second
+        # trains, for seconds (long enough that the signal lands in it on a loaded machine too).
         [sys.executable, "-m", "optbench", "mnist", "--opt", "adam", "--opt", "sgd", "--max-population", "1",
-         "--train-size", "6000", "--test-size", "1000", "--iterations", "600", "--eval-every", "200",
+         "--train-size", "6000", "--test-size", "1000", "--iterations", "2400", "--eval-every", "800",
          "--out", str(tmp_path), "--name", "term", "--no-plot", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "MPLBACKEND": "Agg"},
     )

@@ -501,7 +501,9 @@ def test_sigterm_stops_local_processes_at_once_keeping_what_finished(tmp_path):
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - signalled < 5, err
+    # Workers are ended, not waited for: a bound that catches that hang, not a speed (a loaded
+    # machine takes seconds to start and stop processes).
+    assert proc.returncode == 130 and time.monotonic() - signalled < 20, err
     kept = len(sweep.Store(store).cells())
     assert 1 <= kept < 8 and json.loads((store / "manifest.json").read_text())["finished_cells"] == kept
 
