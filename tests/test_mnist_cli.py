@@ -71,14 +71,23 @@ def test_every_optimizer_starts_from_the_same_weights_and_batches(tmp_path, mnis
 
 
 def test_eval_every_and_report_redraws_from_saved_csvs(tmp_path, mnist_available):
-    result = invoke("mnist", "--opt", "adam", *SMALL, "--iterations", "40", "--eval-every", "15", "--out", tmp_path, "--name", "a", "--no-plot", "-q")
+    result = invoke("mnist", "--opt", "adam", "--opt", "sgd", *SMALL, "--iterations", "40", "--eval-every", "15",
+                    "--out", tmp_path, "--name", "a", "--no-plot", "-q")
     assert result.exit_code == 0, result.output
     epochs = pd.read_csv(tmp_path / "mnist" / "a" / "epochs.csv")
-    assert epochs["iteration"].tolist() == [15, 30, 40]
+    assert epochs[epochs["optimizer"] == "adam"]["iteration"].tolist() == [15, 30, 40]
     report = invoke("report", tmp_path / "mnist" / "a")
     assert report.exit_code == 0, report.output
-    assert "adam" in report.output
-    assert (tmp_path / "mnist" / "a" / "accuracy.png").exists()
+    # The table is the saved numbers: each optimizer's row shows its last evaluation's accuracy,
+    # best first.
+    rows = {line.split("│")[2].strip(): line for line in report.output.splitlines() if line.count("│") > 5}
+    last = epochs.sort_values("iteration").groupby("optimizer").last()
+    for name in ("adam", "sgd"):
+        assert f"{100 * last.loc[name, 'test_acc']:.2f}" in rows[name], rows
+    order = [line.split("│")[2].strip() for line in report.output.splitlines() if line.count("│") > 5]
+    assert order == sorted(order, key=lambda n: -last.loc[n, "test_acc"])
+    for figure in ("loss.png", "accuracy.png"):
+        assert (tmp_path / "mnist" / "a" / figure).stat().st_size > 0
 
 
 # The columns of run folders written before populations (no lr, seed or validation columns).

@@ -251,6 +251,20 @@ def test_every_executor_gives_the_same_store_bitwise(tmp_path):
     assert_same_store(tmp_path / "inproc", tmp_path / "dask")
 
 
+def test_verbose_counts_the_cells_of_each_worker_process(tmp_path):
+    r = runner.invoke(app, ["sweep", str(write(tmp_path, SURFACES)), "--out", str(tmp_path / "s"), "--workers", "2",
+                            "--verbose"])
+    assert r.exit_code == 0, r.output
+    counts = {}
+    for line in r.output.splitlines():
+        if line.startswith("  ") and line.endswith(" cells"):
+            worker, n = line.strip()[: -len(" cells")].rsplit(": ", 1)
+            counts[worker] = int(n)
+    assert 1 <= len(counts) <= 2 and sum(counts.values()) == len(sweep.Store(tmp_path / "s").cells()) == 60
+    pids = {int(worker.rsplit(":", 1)[1]) for worker in counts}
+    assert os.getpid() not in pids  # counted where they ran: in the worker processes
+
+
 MNIST = """
 optimizers = ["adam", "sgd"]
 lrs = [0.001, 0.01]
