@@ -91,6 +91,17 @@ def test_update_says_what_changed(small_suite, tmp_path, monkeypatch):
     assert "adam" not in result.output.split("changed values")[-1]
 
 
+def test_all_lists_every_metric_and_without_it_only_the_failures(small_suite, tmp_path, monkeypatch):
+    quiet = invoke("regress", "--suite", small_suite, "--out", tmp_path)
+    every = invoke("regress", "--suite", small_suite, "--out", tmp_path, "--all")
+    assert quiet.exit_code == every.exit_code == 0
+    for case in ("bowl/sgd", "bowl/adam", "booth/nadam"):
+        assert case in every.output and case not in quiet.output
+    monkeypatch.setattr(optimizers.SGD, "defaults", {**optimizers.SGD.defaults, "weight_decay": 0.1})
+    failing = invoke("regress", "--suite", small_suite, "--out", tmp_path)
+    assert failing.exit_code == 1 and "bowl/sgd" in failing.output and "bowl/adam" not in failing.output
+
+
 def test_the_summary_line_keeps_text_in_brackets(small_suite, tmp_path):
     # rich reads "[red]" as markup: the folder written must be printed as it is.
     out = tmp_path / "[red]out"
