@@ -85,7 +85,8 @@ def test_population_step_trains_every_member_on_one_batch():
     step = bench.PopulationStep((784, 8, 10), 16, 3, "adam", select_device("cpu"))
     before = step.pop.rows.copy()
     seconds = step(2)
-    assert 0 < seconds < 1
+    # Positive and finite is what the docstring promises; how fast is the benchmark's to say.
+    assert math.isfinite(seconds) and seconds > 0
     assert (step.pop.rows != before).any(axis=1).all()
     assert (step.pop.rows == step.pop.rows[0]).all()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,6 +71,12 @@ def test_profile_command_reads_surface_folders(tmp_path):
     costs = pd.read_csv(tmp_path / "profile" / "costs.csv").set_index("problem")
     assert set(scores["optimizer"]) == {"adam", "sgd"} and len(costs) == 2
     assert scores["score"].between(0, 1).all() and (tmp_path / "profile" / "profile.png").stat().st_size > 10_000
+    # Each score is the definition evaluated here on the written costs: per problem, the ratio r
+    # to that problem's best cost adds max(0, 4 - r) / 3, averaged over the problems.
+    ratio = costs.div(costs.min(axis=1), axis=0)
+    by_hand = ((4 - ratio).clip(lower=0) / 3).fillna(0).mean(axis=0)  # NaN: inf / inf, nobody solved it
+    for name, score in scores.set_index("optimizer")["score"].items():
+        assert score == pytest.approx(by_hand[name], abs=1e-12)
     bad = runner.invoke(app, ["profile", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not an optbench run folder" in bad.output
     # A saddle has no minimum, so no target: its folder is left out and named, not counted as a
@@ -80,6 +88,89 @@ def test_profile_command_reads_surface_folders(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "with" / "profile" / "costs.csv"), costs.reset_index())
     alone = runner.invoke(app, ["profile", str(tmp_path / "surface" / "saddle"), "--out", str(tmp_path / "alone")])
     assert alone.exit_code == 2 and "a problem with a target" in alone.output
+
+
+# Seconds to the target for the problems of COSTS, chosen so that the seconds rank the optimizers
+# otherwise than the steps do (as when they trained in different populations or on different
+# devices: within one population the seconds follow the steps). Ratios to each problem's best:
+#   P1: A 40 (4x), B 10 (1x), C 20 (2x)      P2: A 30 (2x), B 15 (1x), C 30 (2x)
+#   P3: A 100 (4x), B never, C 25 (1x)      P4: A 16 (2x), B 8 (1x),  C 8 (1x)
+SECONDS = pd.DataFrame({"A": [40, 30, 100, 16], "B": [10, 15, np.inf, 8], "C": [20, 30, 25, 8]},
+                       index=COSTS.index, dtype=float)
+# A problem solved at ratio r adds (4 - r) / 3: A (0 + 2/3 + 0 + 2/3) / 4 = 1/3;
+# B (1 + 1 + 0 + 1) / 4 = 3/4; C (2/3 + 2/3 + 1 + 1) / 4 = 5/6. By steps A led (5/6); here it is last.
+SECONDS_SCORES = {"C": 5 / 6, "B": 3 / 4, "A": 1 / 3}
+
+
+def hand_built_mnist_folders(root) -> list[str]:
+    """One MNIST run folder per problem of COSTS, as `optbench mnist` writes them: a summary with
+    each optimizer's steps and seconds to the target (empty: never reached), and a manifest.
+    Each optimizer also has a worse lr (3x the steps and seconds), which the profile must pass over."""
+    import json
+
+    folders = []
+    for problem in COSTS.index:
+        folder = root / problem
+        folder.mkdir(parents=True)
+        rows = []
+        for name in COSTS.columns:
+            steps, seconds = COSTS.loc[problem, name], SECONDS.loc[problem, name]
+            for lr, factor in ((1e-3, 1.0), (1e-2, 3.0)):
+                rows.append({"optimizer": name, "device": "cpu", "lr": lr, "seed": 0, "target_acc": 0.97,
+                             "steps_to_target": steps * factor if np.isfinite(steps) else np.nan,
+                             "seconds_to_target": seconds * factor if np.isfinite(seconds) else np.nan})
+        pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
+        (folder / "manifest.json").write_text(json.dumps({"status": "finished", "config": {"dataset": "mnist"}}))
+        folders.append(str(folder))
+    return folders
+
+
+def test_the_profile_command_scores_run_folders_as_worked_out_by_hand(tmp_path):
+    # The same numbers as test_integrated_scores_by_hand, now through run folders and the command.
+    folders = hand_built_mnist_folders(tmp_path / "runs")
+    result = CliRunner().invoke(app, ["profile", *folders, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    costs = pd.read_csv(tmp_path / "profile" / "costs.csv").set_index("problem")
+    assert list(costs.index) == [f"mnist ({p})" for p in COSTS.index]
+    np.testing.assert_array_equal(costs[["A", "B", "C"]].to_numpy(), COSTS.to_numpy())  # each at its best lr
+    ratios = pd.read_csv(tmp_path / "profile" / "ratios.csv").set_index("problem")
+    np.testing.assert_array_equal(ratios[["A", "B", "C"]].to_numpy(),
+                                  [[1, 2, 4], [2, 1, 1], [2, np.inf, 1], [1, 1, 2]])
+    scores = pd.read_csv(tmp_path / "profile" / "scores.csv")
+    assert list(scores["optimizer"]) == ["A", "B", "C"]
+    np.testing.assert_allclose(scores["score"], [5 / 6, 2 / 3, 2 / 3], rtol=1e-12)
+
+
+def test_cost_seconds_profiles_the_seconds_where_they_rank_otherwise_than_the_steps(tmp_path):
+    folders = hand_built_mnist_folders(tmp_path / "runs")
+    runner = CliRunner()
+    result = runner.invoke(app, ["profile", *folders, "--cost", "seconds", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    costs = pd.read_csv(tmp_path / "profile" / "costs.csv").set_index("problem")
+    np.testing.assert_array_equal(costs[["A", "B", "C"]].to_numpy(), SECONDS.to_numpy())
+    ratios = pd.read_csv(tmp_path / "profile" / "ratios.csv").set_index("problem")
+    np.testing.assert_array_equal(ratios[["A", "B", "C"]].to_numpy(),
+                                  [[4, 1, 2], [2, 1, 2], [4, np.inf, 1], [2, 1, 1]])
+    scores = pd.read_csv(tmp_path / "profile" / "scores.csv")
+    assert list(scores["optimizer"]) == list(SECONDS_SCORES)  # C, B, A: the seconds' order, not the steps'
+    np.testing.assert_allclose(scores["score"], list(SECONDS_SCORES.values()), rtol=1e-12)
+    # The rho(tau) of the seconds, at tau = 2 (the core function on the costs it read): A solves
+    # P2 and P4 within 2x, B three (never P3), C all four.
+    from optbench.profiles import read_costs
+
+    read = read_costs(list(map(Path, folders)), "seconds")
+    rho = profile(performance_ratios(read), [1.0, 2.0])
+    np.testing.assert_allclose(rho.loc[2.0, ["A", "B", "C"]], [0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rho.loc[1.0, ["A", "B", "C"]], [0.0, 0.75, 0.5])
+    # A surface records steps only: --cost seconds is refused there, as is an unknown cost.
+    assert runner.invoke(app, ["surface", "--opt", "adam", "--fn", "booth", "--out", str(tmp_path), "--no-plot",
+                               "-q"]).exit_code == 0
+    refused = runner.invoke(app, ["profile", str(tmp_path / "surface" / "booth"), "--cost", "seconds",
+                                  "--out", str(tmp_path / "s")])
+    assert refused.exit_code == 2 and "not seconds" in refused.output, refused.output
+    unknown = runner.invoke(app, ["profile", *folders, "--cost", "minutes", "--out", str(tmp_path / "m")])
+    assert unknown.exit_code == 2 and "invalid --cost" in unknown.output, unknown.output
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1", "0.5"])

@@ -1,6 +1,8 @@
 """The 2-D test functions checked against oracles from outside the code.
 
 - Gradients against central finite differences of `value` (an independent computation).
+- Values and gradients at one point away from the minima per surface, worked out by hand from
+  the published formula.
 - Minima and minimum values against the values published in the optimization literature,
   typed in by hand here at the precision they are published (Surjanovic & Bingham, "Virtual
   Library of Simulation Experiments", sfu.ca/~ssurjano; Jamil & Yang 2013, "A literature survey
@@ -201,6 +203,83 @@ def test_saddles_have_a_stationary_point_at_the_origin_that_is_not_a_minimum():
         angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         around = surface.value(1e-2 * np.column_stack([np.cos(angles), np.sin(angles)]))
         assert around.min() < surface.value([0.0, 0.0]) < around.max()
+
+
+# --- hand-evaluated values and gradients away from the minima -------------------------------
+
+# (surface, point, f there, (df/dx, df/dy) there), each worked out by hand from the published
+# formula (README's surface table), not from this code. The points are not minima and leave no
+# term of the formula at zero, so a wrong coefficient anywhere changes the value or the gradient.
+PI, E = math.pi, math.e
+HAND = [
+    # x^2/20 + y^2 at (2, 1): 4/20 + 1 = 1.2; gradient (x/10, 2y) = (0.2, 2).
+    ("bowl", (2.0, 1.0), 1.2, (0.2, 2.0)),
+    # (1 - x)^2 + 100 (y - x^2)^2 at (-1, 2): 2^2 + 100 * 1^2 = 104; gradient
+    # (-2 (1 - x) - 400 x (y - x^2), 200 (y - x^2)) = (-4 + 400, 200).
+    ("rosenbrock", (-1.0, 2.0), 104.0, (396.0, 200.0)),
+    # Beale at (1, 2): terms 1.5 - 1 + 2 = 2.5, 2.25 - 1 + 4 = 5.25, 2.625 - 1 + 8 = 9.625;
+    # 6.25 + 27.5625 + 92.640625 = 126.453125. d/dx = sum 2 t_i (y^i - 1) = 5 + 31.5 + 134.75;
+    # d/dy = 2 t1 x + 2 t2 (2xy) + 2 t3 (3xy^2) = 5 + 42 + 231.
+    ("beale", (1.0, 2.0), 126.453125, (171.25, 278.0)),
+    # (x^2 + y - 11)^2 + (x + y^2 - 7)^2 at (2, 1): a = -6, b = -4: 36 + 16 = 52; gradient
+    # (4xa + 2b, 2a + 4yb) = (-48 - 8, -12 - 16).
+    ("himmelblau", (2.0, 1.0), 52.0, (-56.0, -28.0)),
+    # 20 + x^2 - 10 cos 2 pi x + y^2 - 10 cos 2 pi y at (1/4, 1/2): cos(pi/2) = 0, cos(pi) = -1:
+    # 20 + 0.0625 + 0.25 + 10 = 30.3125; gradient (2x + 20 pi sin 2 pi x, ...) = (0.5 + 20 pi, 1 + 0).
+    ("rastrigin", (0.25, 0.5), 30.3125, (0.5 + 20 * PI, 1.0)),
+    # Ackley at (1/4, -1/4): r = sqrt((x^2 + y^2)/2) = 1/4, cos(+-pi/2) = 0, so
+    # f = -20 e^-0.05 - e^0 + e + 20 = 19 + e - 20 e^-0.05 (2.69369...). d/dx of the first term:
+    # -20 e^(-0.2 r) (-0.2) x / (2r) = 2 e^-0.05 (x / r = 1); of the second: pi sin(2 pi x) e^0 = pi.
+    # At y = -1/4 both flip sign.
+    ("ackley", (0.25, -0.25), 19 + E - 20 * math.exp(-0.05),
+     (2 * math.exp(-0.05) + PI, -(2 * math.exp(-0.05) + PI))),
+    # (x + 2y - 7)^2 + (2x + y - 5)^2 at (2, 0): a = -5, b = -1: 25 + 1 = 26 (f(0, 2) would be 18);
+    # gradient (2a + 4b, 4a + 2b) = (-14, -22).
+    ("booth", (2.0, 0.0), 26.0, (-14.0, -22.0)),
+    # Goldstein-Price at (1, -1): a = x + y + 1 = 1, A = 19 - 14 + 3 + 14 - 6 + 3 = 19, P = 1 + a^2 A = 20;
+    # b = 2x - 3y = 5, B = 18 - 32 + 12 - 48 + 36 + 27 = 13, Q = 30 + b^2 B = 355; f = 7100.
+    # dP/dx = dP/dy = 2aA + a^2 (-14 + 6x + 6y) = 38 - 14 = 24;
+    # dQ/dx = 4bB + b^2 (-32 + 24x - 36y) = 260 + 25 * 28 = 960;
+    # dQ/dy = -6bB + b^2 (48 - 36x + 54y) = -390 + 25 * (-42) = -1440;
+    # df = (24 * 355 + 20 * 960, 24 * 355 - 20 * 1440) = (27720, -20280).
+    ("goldstein_price", (1.0, -1.0), 7100.0, (27720.0, -20280.0)),
+    # (4 - 2.1x^2 + x^4/3) x^2 + xy + (4y^2 - 4) y^2 at (1, 1/2): 67/30 + 1/2 - 3/4 = 119/60;
+    # gradient (8x - 8.4x^3 + 2x^5 + y, x - 8y + 16y^3) = (8 - 8.4 + 2 + 0.5, 1 - 4 + 2).
+    ("six_hump_camel", (1.0, 0.5), 119 / 60, (2.1, -1.0)),
+    # (x^4 - 16x^2 + 5x + y^4 - 16y^2 + 5y) / 2 at (1, 2): (-10 - 38) / 2 = -24; gradient
+    # ((4x^3 - 32x + 5)/2, (4y^3 - 32y + 5)/2) = (-23/2, -27/2).
+    ("styblinski_tang", (1.0, 2.0), -24.0, (-11.5, -13.5)),
+    # Branin at (pi, 5.275): 5.1 pi^2/(4 pi^2) = 1.275 and 5 pi/pi = 5, so the bracket is
+    # 5.275 - 1.275 + 5 - 6 = 3, cos pi = -1: 9 - 10 (1 - 1/(8 pi)) + 10 = 9 + 5/(4 pi).
+    # d/dx = 2 * 3 * (-2 * 5.1 pi/(4 pi^2) + 5/pi) - 10 (1 - 1/(8 pi)) sin pi = 6 * 2.45/pi; d/dy = 2 * 3.
+    ("branin", (PI, 5.275), 9 + 5 / (4 * PI), (14.7 / PI, 6.0)),
+    # x^4 - 2.48x^2 + 0.96x + y^2 at (2, 1/2): 16 - 9.92 + 1.92 + 0.25 = 8.25; d/dx from the
+    # factored form 4 (x + 1.2)(x - 0.2)(x - 1) = 4 * 3.2 * 1.8 * 1 = 23.04; d/dy = 2y = 1.
+    ("double_well", (2.0, 0.5), 8.25, (23.04, 1.0)),
+    # x^2 - y^2 at (2, 1): 3; gradient (2x, -2y) = (4, -2).
+    ("saddle", (2.0, 1.0), 3.0, (4.0, -2.0)),
+    # x^3 - 3xy^2 at (2, 1): 8 - 6 = 2; gradient (3x^2 - 3y^2, -6xy) = (9, -12).
+    ("monkey_saddle", (2.0, 1.0), 2.0, (9.0, -12.0)),
+]
+
+
+def test_hand_table_covers_every_surface():
+    assert sorted(name for name, *_ in HAND) == ALL
+
+
+@pytest.mark.parametrize(("name", "point", "value", "grad"), HAND, ids=[h[0] for h in HAND])
+def test_value_and_gradient_away_from_the_minima_match_the_hand_evaluated_formula(name, point, value, grad):
+    surface = SURFACES[name]
+    if surface.bounded:  # away from the minima: the point says something the minima tests do not
+        assert value > surface.min_value + 1
+    # The hand values are exact up to the rounding of a few float64 operations (and of cos and
+    # sin at multiples of pi/2, ~1e-16): 1e-13 relative is ~500 ulps, far below any wrong term.
+    np.testing.assert_allclose(surface.value(point), value, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(surface.gradient(point), grad, rtol=1e-13, atol=1e-13)
+    # And vectorised: the same numbers inside a batch.
+    batch = np.array([surface.start, point, surface.start])
+    np.testing.assert_allclose(surface.value(batch)[1], value, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(surface.gradient(batch)[1], grad, rtol=1e-13, atol=1e-13)
 
 
 # --- Ackley at its cone tip ------------------------------------------------------------------

@@ -58,6 +58,43 @@ def test_mnist_reports_time_to_target_in_its_summary(tmp_path):
     first = epochs.loc[epochs["test_acc"] >= 0.80, "iteration"].min()  # the oracle: the evaluations themselves
     assert summary["target_acc"] == 0.80 and summary["steps_to_target"] == first
     assert summary["seconds_to_target"] > 0
+    # The loss target: the train loss checked is the mean over each evaluation interval (README),
+    # worked out here from every iteration's loss in curves.csv, not read from the summary's source.
+    curves = pd.read_csv(tmp_path / "mnist" / "run" / "curves.csv")
+    assert sorted(curves["iteration"]) == list(range(1, 151))
+    bounds = [0, *epochs["iteration"]]
+    means = [curves.loc[(curves["iteration"] > a) & (curves["iteration"] <= b), "train_loss"].mean()
+             for a, b in zip(bounds, bounds[1:])]
+    np.testing.assert_allclose(epochs["train_loss"], means, rtol=1e-6)
+    reached = [b for b, mean in zip(bounds[1:], means) if mean <= 0.6]
+    assert reached, means  # the run gets there within its 150 steps
+    assert summary["target_loss"] == 0.6 and summary["steps_to_loss"] == reached[0]
+    # Its seconds are the training seconds up to that evaluation, so they order as the steps do.
+    assert summary["seconds_to_loss"] > 0
+    assert (summary["seconds_to_loss"] > summary["seconds_to_target"]) == (reached[0] > first)
+
+
+@pytest.mark.parametrize(("dataset", "default"), [("mnist", 0.97), ("fashion", 0.85)])
+def test_the_default_accuracy_target_is_97_percent_on_mnist_and_85_on_fashion(tmp_path, dataset, default):
+    # README: "--target PCT ... (default 97 on MNIST, 85 on Fashion-MNIST)". Without --target, the
+    # summary a user reads names that target, and its steps are the first evaluation reaching it.
+    import realdata
+    from optbench.experiment import MnistProblem
+
+    realdata.load(dataset)
+    result = runner.invoke(app, ["mnist", "--dataset", dataset, "--opt", "adam", "--hidden", "32", "--iterations", "20",
+                                 "--eval-every", "10", "--train-size", "1000", "--test-size", "200", "--no-plot",
+                                 "--name", "run", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "mnist" / "run" / "summary.csv").iloc[0]
+    epochs = pd.read_csv(tmp_path / "mnist" / "run" / "epochs.csv")
+    assert summary["target_acc"] == default
+    first = epochs.loc[epochs["test_acc"] >= default, "iteration"].min()  # NaN: not reached in 20 steps
+    assert summary["steps_to_target"] == first or (np.isnan(first) and np.isnan(summary["steps_to_target"]))
+    assert np.isnan(summary["target_loss"]) and np.isnan(summary["steps_to_loss"])  # no --target-loss: none
+    # The Python API's problem says the same, and an explicit target wins over it.
+    assert MnistProblem(dataset=dataset).target_accuracy == default
+    assert MnistProblem(dataset=dataset, target=0.5).target_accuracy == 0.5
 
 
 @pytest.mark.parametrize("args", [["--target", "0"], ["--target", "101"], ["--target-loss", "-1"]])
