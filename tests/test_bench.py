@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -152,6 +153,27 @@ def test_bench_without_torch_names_the_extra(tmp_path, monkeypatch):
     population = pd.read_csv(tmp_path / "bench" / "population.csv")
     assert set(population["impl"]) == {bench.POPULATION_LABEL, bench.SINGLE_LABEL}
     assert "optbench (population)" in result.output and "vs single" in result.output
+
+
+def test_repeats_and_steps_reach_every_measurement_and_the_machine_record(tmp_path, monkeypatch):
+    seen = []
+    original = bench._interleaved
+
+    def counting(impls, repeats, steps, pause):
+        seen.append((repeats, steps))
+        return original(impls, repeats, steps, pause)
+
+    monkeypatch.setattr(bench, "_interleaved", counting)
+    monkeypatch.setitem(sys.modules, "torch", None)  # ours alone: quicker
+    monkeypatch.setattr(bench, "NETS", (TINY_NET,))
+    monkeypatch.setattr(bench, "OPTIMIZERS", ("sgd",))
+    monkeypatch.setattr(bench, "POPULATIONS", (TINY_POPULATION,))
+    monkeypatch.setattr(bench, "POPULATION_OPTIMIZERS", ("adam",))
+    result = CliRunner().invoke(app, ["bench", "--repeats", "2", "--steps", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {(2, 3)}
+    machine = json.loads((tmp_path / "bench" / "machine.json").read_text())
+    assert (machine["repeats"], machine["steps"]) == (2, 3) and "median of 2 × 3 steps" in result.output
 
 
 def test_torch_in_its_fastest_form():
