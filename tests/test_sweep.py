@@ -718,3 +718,96 @@ def test_a_gpu_store_whose_cells_are_all_in_needs_no_gpu_to_be_rerun(tmp_path, m
     (tmp_path / "store" / "cells").mkdir(parents=True)
     state = sweep.run_sweep(spec, tmp_path / "store")
     assert (state.done, state.skipped) == (0, len(every))
+
+
+# --- reading a store: the tables, on hand-built cells -----------------------------------------
+
+
+def _cells(rows: list[dict]) -> pd.DataFrame:
+    """Cells as a store holds them, every column of the schema, from the few a test sets."""
+    schema, _ = sweep._schema()
+    base = {"problem_id": "p1", "problem": "bowl", "kind": "surface", "optimizer": "adam", "hparams": "{}",
+            "schedule": "constant", "diverged": False, "status": "finished"}
+    frame = pd.DataFrame([{**base, **row} for row in rows])
+    return sweep.conform(frame, schema)
+
+
+def test_aggregate_gives_median_and_range_of_the_runs_that_finished_and_ranks_by_reached_then_the_metric():
+    cells = _cells([
+        # adam on the bowl: five seeds, one diverged (its huge loss must count nowhere), one
+        # failed (a user's rule raised: its numbers are none), three finished: 1, 2, 10.
+        {"lr": 0.1, "seed": 0, "final_loss": 1.0, "steps_to_tol": 30},
+        {"lr": 0.1, "seed": 1, "final_loss": 2.0, "steps_to_tol": 50},
+        {"lr": 0.1, "seed": 2, "final_loss": 10.0},
+        {"lr": 0.1, "seed": 3, "final_loss": 1e300, "diverged": True, "status": "diverged"},
+        {"lr": 0.1, "seed": 4, "final_loss": -5.0, "status": "failed"},
+        # sgd reaches the tolerance less often but with a lower loss: ranked after adam.
+        {"optimizer": "sgd", "lr": 0.01, "seed": 0, "final_loss": 0.5, "steps_to_tol": 90},
+        {"optimizer": "sgd", "lr": 0.01, "seed": 1, "final_loss": 0.7},
+        # MNIST: accuracy, the higher the better.
+        {"problem_id": "p2", "problem": "mnist", "kind": "mnist", "lr": 1e-3, "seed": 0, "final_test_acc": 0.90},
+        {"problem_id": "p2", "problem": "mnist", "kind": "mnist", "lr": 1e-3, "seed": 1, "final_test_acc": 0.94},
+        {"problem_id": "p2", "problem": "mnist", "kind": "mnist", "optimizer": "sgd", "lr": 0.1, "seed": 0,
+         "final_test_acc": 0.97},
+    ])
+    table = sweep.aggregate(cells)
+    bowl = table[table["problem"] == "bowl"].reset_index(drop=True)
+    assert bowl["optimizer"].tolist() == ["adam", "sgd"]  # 2 reached against 1
+    adam = bowl.iloc[0]
+    assert (adam["seeds"], adam["finished"], adam["diverged"], adam["reached"]) == (5, 3, 1, 2)
+    assert adam["metric"] == "final_loss"
+    assert (adam["metric_median"], adam["metric_min"], adam["metric_max"]) == (2.0, 1.0, 10.0)
+    assert adam["steps_to_target_median"] == 40.0
+    mnist = table[table["problem"] == "mnist"].reset_index(drop=True)
+    assert mnist["optimizer"].tolist() == ["sgd", "adam"]  # neither reached a target: higher accuracy first
+    assert mnist.loc[1, "metric"] == "final_test_acc" and mnist.loc[1, "metric_median"] == pytest.approx(0.92)
+    assert (mnist.loc[1, "metric_min"], mnist.loc[1, "metric_max"]) == (0.90, 0.94)
+
+
+def test_labelled_names_apart_only_what_ran_differently():
+    cells = _cells([
+        {"problem_id": "aaaaaa11", "problem": "bowl", "lr": 0.1, "seed": 0},
+        {"problem_id": "bbbbbb22", "problem": "bowl", "lr": 0.1, "seed": 0},  # same name, another problem
+        {"problem_id": "cccccc33", "problem": "booth", "lr": 0.1, "seed": 0},
+        {"problem_id": "cccccc33", "problem": "booth", "optimizer": "momentum", "hparams": '{"momentum": 0.9}',
+         "lr": 0.1, "seed": 0},
+        {"problem_id": "cccccc33", "problem": "booth", "optimizer": "momentum", "hparams": '{"momentum": 0.5}',
+         "lr": 0.1, "seed": 0},
+    ])
+    named = sweep.labelled(cells)
+    assert named["problem"].tolist() == ["bowl [aaaaaa]", "bowl [bbbbbb]", "booth", "booth", "booth"]
+    assert named["optimizer"].tolist() == ["adam", "adam", "adam", 'momentum {"momentum": 0.9}',
+                                           'momentum {"momentum": 0.5}']
+
+
+def test_a_store_reports_the_cells_of_its_last_sweep_and_counts_the_others(tmp_path):
+    text = ('name = "t"\noptimizers = ["sgd"]\nlrs = {lrs}\n'
+            '[[problems]]\nkind = "surface"\nsurface = "bowl"\nsteps = 20\n')
+    store = tmp_path / "s"
+    sweep.run_sweep(sweep.load_sweep(write(tmp_path, text.format(lrs="[0.01, 0.02]"), "one.toml")), store)
+    sweep.run_sweep(sweep.load_sweep(write(tmp_path, text.format(lrs="[0.02, 0.05]"), "two.toml")), store)
+    cells, others = sweep.current_cells(sweep.Store(store))
+    assert sorted(cells["lr"]) == [0.02, 0.05] and others == 1  # lr 0.01 is the first file's alone
+    assert len(sweep.Store(store).cells()) == 3
+
+
+def test_populations_never_mix_schedules_and_lr_precedence_is_the_command_lines(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, """
+        optimizers = ["sgd", "adam"]
+        hp = ["adam.lr=0.05"]
+        lrs = [0.1, 0.2]
+        schedules = ["constant", "cosine"]
+
+        [[problems]]
+        kind = "surface"
+        surface = "bowl"
+        steps = 20
+        """))
+    cells = sweep.expand(spec)
+    # --hp adam.lr= wins over the lr list, as on the command line; sgd runs the list.
+    assert sorted({c.lr for c in cells if c.optimizer == "adam"}) == [0.05]
+    assert sorted({c.lr for c in cells if c.optimizer == "sgd"}) == [0.1, 0.2]
+    pops = sweep.populations(cells, size=64)
+    assert len(pops) == 2  # one problem, two schedules: a population's members share one schedule
+    for pop in pops:
+        assert len({json.dumps(c.schedule, sort_keys=True) for c in pop.cells}) == 1
