@@ -111,6 +111,20 @@ def test_aggregate_keeps_lrs_and_devices_apart():
     assert list(zip(agg["device"], agg["lr"], agg["seeds"])) == [("cpu", 0.001, 1), ("cpu", 0.01, 1), ("gpu", 0.001, 1)]
 
 
+def test_a_failed_seed_counts_in_the_seeds_but_its_numbers_in_no_statistic():
+    # A user's rule that raised: what it had reached before is no result (README, "Your own
+    # optimizer"); the other seeds' statistics are those of the two that finished.
+    frame = pd.DataFrame([
+        member("mine", 0.01, 0, 0.90, 0.91, 0.4, 1.0, 10.0),
+        member("mine", 0.01, 1, 0.94, 0.95, 0.2, 1.0, 10.0),
+        member("mine", 0.01, 2, 0.99, 0.99, 0.01, 1.0, 10.0, status="failed"),
+    ], columns=SUMMARY_COLUMNS)
+    row = aggregate(frame).iloc[0]
+    assert row["seeds"] == 3 and row["status"] == "1 failed"
+    assert row["final_test_acc_mean"] == pytest.approx(0.92) and row["final_test_acc_max"] == 0.94
+    assert row["best_test_acc_max"] == 0.95 and row["final_train_loss_min"] == 0.2
+
+
 def test_aggregate_of_a_summary_without_status():
     frame = pd.DataFrame([member("a", 0.1, 0, 0.5, 0.5, 1.0, 1.0, 1.0),
                           member("a", 0.1, 1, 0.1, 0.1, np.inf, 1.0, 1.0, diverged=True)],
