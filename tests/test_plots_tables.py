@@ -183,6 +183,49 @@ def test_tuning_table():
     assert "0.1" in sgd and "92.00" in sgd and "1 of 2" in sgd
 
 
+def test_the_tuning_table_counts_lrs_not_seeds():
+    # Two seeds per lr: "diverged lrs" is over the grid's three lrs, an lr counted once however
+    # many of its seeds diverged.
+    tuning = pd.DataFrame({
+        "optimizer": "adam", "lr": [1e-4, 1e-4, 1e-3, 1e-3, 1e-2, 1e-2], "seed": [0, 1] * 3,
+        "final_val_acc": 0.9, "best_val_acc": 0.9, "final_val_loss": 0.3, "final_train_loss": 0.3,
+        "diverged": [False, False, False, False, True, True], "chosen": [False, False, True, True, False, False]})
+    assert "1 of 3" in render(tables.tuning_table(tuning, "tuning"))
+
+
+def test_two_seeds_show_mean_and_std():
+    _, _, summary = population()
+    two = summary[(summary["optimizer"] == "adam") & (summary["lr"] == 0.001) & (summary["seed"] < 2)]
+    text = render(tables.mnist_aggregate(aggregate(two), "aggregate"))
+    # final accuracy 0.95 and 0.96: mean 95.50, sample std 0.71 points.
+    assert "95.50 ± 0.71" in text
+
+
+def test_surface_tables_say_where_a_run_diverged_and_give_ranges_low_to_high():
+    from optbench.optimizers import select_contenders
+    from optbench.surface_run import run_surface
+    from optbench.surfaces import get_surface
+
+    result = run_surface(get_surface("rosenbrock"), select_contenders(["sgd", "adam"], [], points=True), lrs=[0.5],
+                         steps=50)
+    finite = result.trajectories.dropna(subset=["loss"])
+    last = int(finite[finite["optimizer"] == "sgd"]["step"].max())  # its last finite step
+    text = render(tables.surface_summary(result.summary, "t"))
+    assert f"sgd (diverged at step {last + 1})" in text
+    frame = pd.DataFrame([{"optimizer": "adam", "lr": 0.1, "seeds": 3, "final_loss_median": 2.0,
+                           "final_loss_min": 1.0, "final_loss_max": 10.0, "reached": 1, "steps_to_tol_median": 40.0,
+                           "diverged": 0}])
+    assert "1–10" in render(tables.surface_aggregate(frame, "t"))
+
+
+def test_sweep_tables_show_accuracy_in_percent_and_ranges_low_to_high():
+    frame = pd.DataFrame([{"problem": "mnist", "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "seeds": 2,
+                           "metric": "final_test_acc", "metric_median": 0.9735, "metric_min": 0.9721,
+                           "metric_max": 0.9749, "reached": 2, "steps_to_target_median": 900.0, "diverged": 0}])
+    text = render(tables.sweep_aggregate(frame, "sweep"))
+    assert "97.35%" in text and "97.21%–97.49%" in text
+
+
 def test_each_builtin_optimizer_keeps_its_style_from_figure_to_figure():
     from optbench.optimizers import OPTIMIZERS
 

@@ -111,6 +111,14 @@ def test_aggregate_keeps_lrs_and_devices_apart():
     assert list(zip(agg["device"], agg["lr"], agg["seeds"])) == [("cpu", 0.001, 1), ("cpu", 0.01, 1), ("gpu", 0.001, 1)]
 
 
+def test_time_to_target_is_the_median_over_the_seeds_that_reached_it():
+    frame = pd.DataFrame([member("adam", 0.001, s, 0.97, 0.97, 0.1, 1.0, 10.0) for s in range(4)], columns=SUMMARY_COLUMNS)
+    frame["steps_to_target"] = [100, 200, 900, np.nan]  # the fourth never reached it
+    frame["seconds_to_target"] = [1.0, 2.0, 9.0, np.nan]
+    row = aggregate(frame).iloc[0]
+    assert (row["steps_to_target_median"], row["seconds_to_target_median"], row["reached_target"]) == (200, 2.0, 3)
+
+
 def test_a_failed_seed_counts_in_the_seeds_but_its_numbers_in_no_statistic():
     # A user's rule that raised: what it had reached before is no result (README, "Your own
     # optimizer"); the other seeds' statistics are those of the two that finished.
