@@ -120,6 +120,16 @@ def test_a_diverged_member_is_marked_and_numbers_keep_their_exact_value_to_sort_
     assert f'data-v="{float(final)!r}"' in page
 
 
+def test_infinite_numbers_sort_beyond_every_finite_one_and_say_what_they_are():
+    from optbench.html_report import _cell
+
+    # The sort script reads data-v as a number: +inf as the largest double, -inf as the smallest.
+    assert _cell(float("inf")) == '<td data-v="1e308">inf</td>'
+    assert _cell(float("-inf")) == '<td data-v="-1e308">-inf</td>'
+    assert _cell(float("nan")) == '<td data-v=""></td>'  # empty: sorted last either way
+    assert _cell(2.5) == '<td data-v="2.5">2.5</td>' and _cell(3.0) == '<td data-v="3.0">3</td>'
+
+
 def test_bad_folders_are_refused_in_one_line(tmp_path):
     with pytest.raises(OptbenchError, match="not an optbench run folder"):
         folder_kind(tmp_path)

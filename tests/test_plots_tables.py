@@ -216,14 +216,21 @@ def test_surface_tables_say_where_a_run_diverged_and_give_ranges_low_to_high():
                            "final_loss_min": 1.0, "final_loss_max": 10.0, "reached": 1, "steps_to_tol_median": 40.0,
                            "diverged": 0}])
     assert "1–10" in render(tables.surface_aggregate(frame, "t"))
+    # The steps column is the steps to the tolerance, not the steps run.
+    summary = pd.DataFrame([{"optimizer": "adam", "lr": 0.1, "final_loss": 1e-5, "gap": 1e-5, "dist_to_min": 1e-3,
+                             "steps_to_tol": 137, "steps": 500, "final_x": 1.0, "final_y": 1.0, "diverged": False,
+                             "status": "finished"}])
+    row = next(line for line in render(tables.surface_summary(summary, "t")).splitlines() if "adam" in line)
+    assert "137" in row and "500" not in row
 
 
 def test_sweep_tables_show_accuracy_in_percent_and_ranges_low_to_high():
-    frame = pd.DataFrame([{"problem": "mnist", "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "seeds": 2,
-                           "metric": "final_test_acc", "metric_median": 0.9735, "metric_min": 0.9721,
+    frame = pd.DataFrame([{"problem": "mnist", "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "seeds": 3,
+                           "finished": 2, "metric": "final_test_acc", "metric_median": 0.9735, "metric_min": 0.9721,
                            "metric_max": 0.9749, "reached": 2, "steps_to_target_median": 900.0, "diverged": 0}])
     text = render(tables.sweep_aggregate(frame, "sweep"))
     assert "97.35%" in text and "97.21%–97.49%" in text
+    assert "2/3" in text  # reached of all the cells, a diverged one included
 
 
 def test_each_builtin_optimizer_keeps_its_style_from_figure_to_figure():

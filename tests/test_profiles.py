@@ -180,6 +180,21 @@ def test_a_bad_r_max_is_refused_in_one_line(tmp_path, value):
     assert not (tmp_path / "p").exists()
 
 
+def test_the_scores_table_counts_what_each_optimizer_solved_and_was_best_on():
+    from rich.console import Console
+
+    from optbench.tables import profile_scores
+
+    ratios = performance_ratios(COSTS)
+    console = Console(record=True, width=200)
+    console.print(profile_scores(integrated_scores(ratios, 4.0), ratios, "t"))
+    rows = {line.split("│")[2].strip(): line.split("│") for line in console.export_text().splitlines()
+            if line.count("│") > 4 and line.split("│")[2].strip() in COSTS.columns}
+    # By hand from COSTS: B never solves P3; best (ratio 1): A on P1 and P4, B on P2 and P4, C on P2 and P3.
+    assert {name: (cells[4].strip(), cells[5].strip()) for name, cells in rows.items()} == {
+        "A": ("4/4", "2"), "B": ("3/4", "2"), "C": ("4/4", "2")}
+
+
 def test_profile_with_no_folders_runs_the_problem_set(tmp_path):
     r = CliRunner().invoke(app, ["profile", "--opt", "sgd", "--opt", "adam", "--fn", "bowl", "--fn", "double_well",
                                  "--starts", "grid:3", "--dataset", "none", "--out", str(tmp_path), "-q"])
