@@ -66,7 +66,8 @@ class Schedule:
         return math.floor(self.warmup * total_steps + 0.5) if self.warmup < 1 else int(self.warmup)
 
     def decay_steps(self, total_steps: int) -> int:
-        return max(1, int(round(self.decay_fraction * total_steps)))
+        # Rounded as the warmup is, halves up (2.5 steps are 3).
+        return max(1, math.floor(self.decay_fraction * total_steps + 0.5))
 
     @property
     def is_constant(self) -> bool:

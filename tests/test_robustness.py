@@ -147,3 +147,45 @@ def test_cli_writes_the_maps_and_the_table_and_refuses_bad_combinations(tmp_path
                           (["--starts", "grid:3", "--animate"], "--animate")]:
         bad = runner.invoke(app, ["surface", "--opt", "sgd", "--out", str(tmp_path / "bad"), *args])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def _summary(rows: list[dict]) -> pd.DataFrame:
+    """A surface summary.csv by hand: the few columns a test sets, the rest at a finished run's."""
+    base = {"surface": "bowl", "optimizer": "adam", "lr": 0.1, "schedule": "constant", "seed": 0, "start_x": -7.0,
+            "start_y": 2.0, "steps": 200, "final_x": 0.0, "final_y": 0.0, "final_loss": 1.0, "gap": 1.0,
+            "dist_to_min": 0.0, "steps_to_tol": np.nan, "diverged": False, "status": "finished"}
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_the_seeds_aggregate_leaves_stopped_runs_out_of_the_losses_and_ranks_by_reached_then_loss():
+    from optbench.surface_run import aggregate
+
+    summary = _summary([
+        {"seed": 0, "final_loss": 1.0, "gap": 1.0, "steps_to_tol": 10},
+        {"seed": 1, "final_loss": 3.0, "gap": 3.0, "steps_to_tol": 30},
+        {"seed": 2, "final_loss": 8.0, "gap": 8.0},
+        {"seed": 3, "final_loss": 1e250, "gap": 1e250, "diverged": True, "status": "diverged"},
+        {"seed": 4, "final_loss": 0.0, "gap": 0.0, "diverged": True, "status": "failed"},  # its rule raised
+        # sgd: a lower loss, but reached by one seed only: after adam.
+        {"optimizer": "sgd", "seed": 0, "final_loss": 0.1, "gap": 0.1, "steps_to_tol": 50},
+        {"optimizer": "sgd", "seed": 1, "final_loss": 0.2, "gap": 0.2},
+    ])
+    table = aggregate(summary)
+    assert table["optimizer"].tolist() == ["adam", "sgd"]
+    adam = table.iloc[0]
+    assert (adam["seeds"], adam["reached"], adam["diverged"], adam["failed"]) == (5, 2, 1, 1)
+    assert (adam["final_loss_median"], adam["final_loss_min"], adam["final_loss_max"]) == (3.0, 1.0, 8.0)
+    assert adam["gap_median"] == 3.0 and adam["steps_to_tol_median"] == 20.0
+
+
+def test_a_start_counts_as_reached_by_the_median_over_its_seeds():
+    # Three seeds from one start reach the tolerance in 10, 20 and 90 steps: the median, 20, not
+    # the mean, 40; a start where two of three never get there is not reached.
+    summary = _summary([
+        {"seed": 0, "steps_to_tol": 10}, {"seed": 1, "steps_to_tol": 20}, {"seed": 2, "steps_to_tol": 90},
+        {"seed": 0, "start_x": 1.0, "steps_to_tol": 5}, {"seed": 1, "start_x": 1.0}, {"seed": 2, "start_x": 1.0},
+    ])
+    cells = start_cells(summary).set_index("start_x")
+    assert cells.loc[-7.0, "steps"] == 20.0 and np.isnan(cells.loc[1.0, "steps"])
+    row = robustness(summary).iloc[0]
+    assert (row["starts"], row["reached"], row["success_rate"], row["steps_to_tol_median"]) == (2, 1, 0.5, 20.0)

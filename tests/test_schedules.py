@@ -84,6 +84,31 @@ def test_a_decay_of_one_step_ends_at_the_minimum_and_a_warmup_fraction_rounds_ha
     assert [Schedule(warmup=0.1).warmup_steps(t) for t in (15, 25, 35, 45)] == [2, 3, 4, 5]
 
 
+def test_a_decay_fraction_rounds_to_the_nearest_step_halves_up_as_the_warmup_does():
+    # wsd decays over the last round(D x T) steps: 0.1 x 27 = 2.7 and 0.1 x 25 = 2.5 are both 3,
+    # a straight line from the peak to the minimum over them.
+    for total in (27, 25):
+        factors = Schedule("wsd", min_lr_ratio=0.0, decay_fraction=0.1).factors(total)
+        np.testing.assert_array_equal(factors[-4:], [1, 1, 0.5, 0])
+    assert Schedule("wsd", decay_fraction=0.1).decay_steps(24) == 2  # 2.4
+
+
+def test_a_constant_schedule_with_a_warmup_is_not_the_constant_lr():
+    from optbench.schedules import ScheduledLRs
+
+    schedule = Schedule("constant", warmup=4)
+    assert not schedule.is_constant and schedule.label() == "constant, warmup 4"
+    opt = make_optimizer("sgd", lr=1.0)
+    lrs = ScheduledLRs([opt], schedule, 10)
+    seen = []
+    for t in range(1, 11):
+        lrs.at(t)
+        seen.append(opt.lr)
+    lrs.restore()
+    np.testing.assert_allclose(seen, [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1])
+    assert opt.lr == 1.0
+
+
 def test_sgd_on_a_bowl_takes_the_scheduled_step_sizes():
     # On f = x^2/20 + y^2 an SGD step multiplies each coordinate by (1 - lr_t * a): the product
     # of those factors is the closed form.
