@@ -130,6 +130,14 @@ def test_infinite_numbers_sort_beyond_every_finite_one_and_say_what_they_are():
     assert _cell(2.5) == '<td data-v="2.5">2.5</td>' and _cell(3.0) == '<td data-v="3.0">3</td>'
 
 
+def test_rows_that_did_not_finish_are_marked_whatever_stopped_them():
+    from optbench.html_report import _table
+
+    frame = pd.DataFrame({"optimizer": ["a", "b", "c", "d"], "status": ["finished", "diverged", "failed", "interrupted"]})
+    page = _table(frame, "t")
+    assert page.count('<tr class="bad">') == 3 and "<tr><td" in page
+
+
 def test_bad_folders_are_refused_in_one_line(tmp_path):
     with pytest.raises(OptbenchError, match="not an optbench run folder"):
         folder_kind(tmp_path)
