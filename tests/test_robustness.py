@@ -165,7 +165,7 @@ def test_the_seeds_aggregate_leaves_stopped_runs_out_of_the_losses_and_ranks_by_
         {"seed": 1, "final_loss": 3.0, "gap": 3.0, "steps_to_tol": 30},
         {"seed": 2, "final_loss": 8.0, "gap": 8.0},
         {"seed": 3, "final_loss": 1e250, "gap": 1e250, "diverged": True, "status": "diverged"},
-        {"seed": 4, "final_loss": 0.0, "gap": 0.0, "diverged": True, "status": "failed"},  # its rule raised
+        {"seed": 4, "final_loss": 0.0, "gap": 1e250, "diverged": True, "status": "failed"},  # its rule raised
         # sgd: a lower loss, but reached by one seed only: after adam.
         {"optimizer": "sgd", "seed": 0, "final_loss": 0.1, "gap": 0.1, "steps_to_tol": 50},
         {"optimizer": "sgd", "seed": 1, "final_loss": 0.2, "gap": 0.2},
@@ -189,3 +189,34 @@ def test_a_start_counts_as_reached_by_the_median_over_its_seeds():
     assert cells.loc[-7.0, "steps"] == 20.0 and np.isnan(cells.loc[1.0, "steps"])
     row = robustness(summary).iloc[0]
     assert (row["starts"], row["reached"], row["success_rate"], row["steps_to_tol_median"]) == (2, 1, 0.5, 20.0)
+
+
+def test_a_start_counts_once_among_the_diverged_however_many_of_its_seeds_did():
+    summary = _summary([
+        {"seed": 0, "diverged": True, "status": "diverged"}, {"seed": 1, "diverged": True, "status": "diverged"},
+        {"seed": 0, "start_x": 1.0, "steps_to_tol": 5}, {"seed": 1, "start_x": 1.0, "steps_to_tol": 7},
+    ])
+    assert robustness(summary).iloc[0]["diverged"] == 1
+
+
+def test_the_summary_is_finished_then_diverged_then_failed_then_by_loss_then_by_steps():
+    from optbench.surface_run import sort_summary
+
+    summary = _summary([
+        {"optimizer": "failed", "final_loss": 0.0, "diverged": True, "status": "failed"},
+        {"optimizer": "diverged", "final_loss": 5.0, "diverged": True, "status": "diverged"},
+        {"optimizer": "slow", "final_loss": 0.5, "steps_to_tol": 90},
+        {"optimizer": "fast", "final_loss": 0.5, "steps_to_tol": 20},
+        {"optimizer": "worse", "final_loss": 0.9, "steps_to_tol": 5},
+    ])
+    assert sort_summary(summary)["optimizer"].tolist() == ["fast", "slow", "worse", "diverged", "failed"]
+
+
+def test_the_picture_of_several_seeds_draws_the_first_seed():
+    # README: "the picture shows seed S" (--seed S --seeds N).
+    from optbench.surface_run import _one_path_per_label
+
+    result = run_surface(get_surface("bowl"), select_contenders(["sgd"], [], points=True), steps=20, noise=0.5,
+                         seeds=[5, 6, 7])
+    trajectories, summary = _one_path_per_label(result)
+    assert set(trajectories["seed"]) == set(summary["seed"]) == {5}

@@ -27,6 +27,13 @@ def test_the_first_evaluation_at_or_past_the_target():
     assert np.isnan(first_reached(iterations, loss, seconds, None, above=False)[1])
 
 
+def test_a_non_finite_value_never_meets_a_target():
+    # A loss that overflowed to -inf is below any loss target, and an inf "accuracy" above any
+    # accuracy target: neither is a run that got there.
+    assert first_reached([10, 20, 30], [np.nan, -np.inf, 0.5], [1.0, 2.0, 3.0], 0.6, above=False) == (30.0, 3.0)
+    assert first_reached([10, 20], [np.inf, 0.98], [1.0, 2.0], 0.97, above=True) == (20.0, 2.0)
+
+
 def test_rates_that_change_between_intervals_add_up():
     frame = pd.DataFrame({"iteration": [50, 150], "samples_per_s": [500.0, 2000.0], "test_acc": [0.5, 0.99],
                           "train_loss": [1.0, 0.05]})
