@@ -138,6 +138,36 @@ def test_rows_that_did_not_finish_are_marked_whatever_stopped_them():
     assert page.count('<tr class="bad">') == 3 and "<tr><td" in page
 
 
+def test_pictures_come_in_a_fixed_order_and_a_grid_s_members_fold_away(folders, tmp_path):
+    from optbench.html_report import _images, _time_to_target
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in ("zeta.png", "time.png", "accuracy.png", "loss.png", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert [p.name for p in _images(folder)] == ["accuracy.png", "loss.png", "time.png", "zeta.png"]
+    # The grid of starts has hundreds of members: their table is folded, the small tuned run's is not.
+    page = build_report(folders[:2])
+    bowl, grid = page.split('<h2 id="run-0"', 1)[1].split('<h2 id="run-1"', 1)
+    assert "<details><summary>Every member (" in grid and "<details><summary>Every member (" not in bowl
+    assert "Every member: time to target is steps_to_tol</caption>" in bowl
+    # An aggregate without targets (an old run) has no time-to-target table, not an empty one.
+    assert _time_to_target(pd.DataFrame({"optimizer": ["a"], "lr": [0.1], "seeds": [2]})) is None
+    with_target = pd.DataFrame({"optimizer": ["a"], "lr": [0.1], "seeds": [2], "steps_to_target_median": [40.0]})
+    assert list(_time_to_target(with_target).columns) == ["optimizer", "lr", "seeds", "steps_to_target_median"]
+
+
+def test_a_sweep_store_alone_gets_its_profile(tmp_path):
+    from optbench import sweep
+
+    text = ('name = "t"\noptimizers = ["sgd", "adam"]\n[[problems]]\nkind = "surface"\nsurface = "bowl"\nsteps = 60\n'
+            '[[problems]]\nkind = "surface"\nsurface = "booth"\nsteps = 60\n')
+    (tmp_path / "s.toml").write_text(text)
+    sweep.run_sweep(sweep.load_sweep(tmp_path / "s.toml"), tmp_path / "store")
+    page = build_report([tmp_path / "store"])
+    assert "Integrated score" in page
+
+
 def test_bad_folders_are_refused_in_one_line(tmp_path):
     with pytest.raises(OptbenchError, match="not an optbench run folder"):
         folder_kind(tmp_path)
