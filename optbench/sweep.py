@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -807,8 +808,10 @@ class Executor:
             from optbench.workers import sigint_ignored  # the client alone stops on a terminal's Ctrl-C
 
             with sigint_ignored():
+                # Errors only: a stop mid-population (Ctrl-C, SIGTERM) cancels the workers' tasks,
+                # which Dask reports as warnings, three lines above the sweep's own one.
                 cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
+                                       processes=True, dashboard_address=None, silence_logs=logging.ERROR)
             try:
                 self.client = Client(cluster)
             except BaseException:

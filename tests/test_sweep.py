@@ -296,9 +296,10 @@ def test_mnist_cells_train_alike_in_process_and_on_dask(tmp_path):
     assert sorted(curves["iteration"].unique()) == [20, 40] and len(curves) == 16
 
 
-def _slow_sweep(tmp_path: Path) -> Path:
-    # Eight populations of about half a second each: long enough to kill a worker in the middle.
-    return write(tmp_path, """
+def _slow_sweep(tmp_path: Path, steps: int = 30000) -> Path:
+    # Eight populations of about half a second each (at the default steps): long enough to kill a
+    # worker in the middle.
+    return write(tmp_path, f"""
         optimizers = ["sgd", "adam"]
         lrs = [0.0001, 0.0002]
         seeds = [0, 1]
@@ -307,7 +308,7 @@ def _slow_sweep(tmp_path: Path) -> Path:
         [[problems]]
         kind = "surface"
         surface = "rosenbrock"
-        steps = 30000
+        steps = {steps}
         noise = 0.01
     """)
 
@@ -354,7 +355,8 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_the_rerun_finishes_it(tmp_path):
 def test_ctrl_c_in_a_terminal_stops_a_local_cluster_quietly(tmp_path):
     # A terminal's Ctrl-C reaches the whole process group: the cluster's processes ignore it and
     # the client stops them, so the user reads the one-line message, not every worker's traceback.
-    path = _slow_sweep(tmp_path)
+    # Populations of about two seconds: the signal lands mid-sweep on a loaded machine too.
+    path = _slow_sweep(tmp_path, steps=120000)
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "optbench", "sweep", str(path), "--out", str(store), "-q",
                              "--dask", "local", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
